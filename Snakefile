@@ -1,0 +1,31 @@
+# cliplens: five CLIP/SigLIP interpretability studies as one DAG.
+# Run on the toy world (default config.yaml):   snakemake --cores 2
+# Run on the real models/datasets:             snakemake --cores 8 --configfile configs/paper.yaml
+from snakemake.utils import min_version
+from snakemake.exceptions import WorkflowError
+
+from cliplens.config import ConfigError, validate_config
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err))
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/toy.smk"
+include: "rules/cache.smk"
+include: "rules/zeroshot.smk"
+
+
+rule all:
+    input:
+        f"{R}/tables/zeroshot.csv",
+        f"{R}/figures/zeroshot.png",

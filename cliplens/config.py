@@ -1,0 +1,98 @@
+"""Config loading and validation against the JSON schema, with defaults filled in.
+
+The schema is assembled from ``cliplens/schema/*.schema.yaml``: ``config.schema.yaml`` holds the
+top level, and every other file holds the schema of one top-level key (its file stem), so each
+section is documented beside the code that owns it.  Validation happens before Snakemake builds
+a single job; a bad value fails with the dotted key path and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+
+
+class ConfigError(ValueError):
+    """The config does not satisfy the schema; the message names the key path."""
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The full config schema (a dict), top level plus one fragment per section."""
+    top = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    for frag in sorted(SCHEMA_DIR.glob("*.schema.yaml")):
+        key = frag.name[: -len(".schema.yaml")]
+        if key == "config":
+            continue
+        top.setdefault("properties", {})[key] = yaml.safe_load(frag.read_text())
+    return top
+
+
+def fill_defaults(instance: Any, schema: Mapping) -> Any:
+    """Recursively insert ``default`` values of ``schema`` into ``instance`` (in place).
+
+    Follows ``properties``, ``additionalProperties`` (a schema) and ``items``.  A property absent
+    from ``instance`` whose subschema has a ``default`` receives a deep copy of it, and is then
+    itself filled, so nested objects with default ``{}`` get their inner defaults.
+    """
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                fill_defaults(instance[key], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, val in instance.items():
+                if key not in props:
+                    fill_defaults(val, extra)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for val in instance:
+            fill_defaults(val, schema["items"])
+    return instance
+
+
+def _path(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "<top level>"
+
+
+def validate_config(config: dict, schema: Mapping | None = None) -> dict:
+    """Fill defaults into ``config`` (in place) and validate it; return it.
+
+    Raises :class:`ConfigError` listing every violation as ``key.path: reason``.
+    """
+    schema = load_schema() if schema is None else schema
+    fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_path(e)}: {e.message}" for e in errors]
+        raise ConfigError("invalid config:\n" + "\n".join(lines))
+    return config
+
+
+def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
+    """Read a YAML config, merge ``overrides`` (deep), validate and fill defaults."""
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return validate_config(cfg)
+
+
+def deep_merge(base: Mapping, update: Mapping) -> dict:
+    """A new dict: ``base`` with ``update`` merged in recursively (update wins)."""
+    out = copy.deepcopy(dict(base))
+    for key, val in update.items():
+        if isinstance(val, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
