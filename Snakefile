@@ -1,6 +1,8 @@
 # cliplens: five CLIP/SigLIP interpretability studies as one DAG.
 # Run on the toy world (default config.yaml):   snakemake --cores 2
 # Run on the real models/datasets:             snakemake --cores 8 --configfile configs/paper.yaml
+import os
+
 from snakemake.utils import min_version
 from snakemake.exceptions import WorkflowError
 
@@ -9,7 +11,7 @@ from cliplens.config import ConfigError, validate_config
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 try:

@@ -22,6 +22,7 @@ Everything is deterministic in the seed: the same config always draws the same p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -104,9 +105,9 @@ PHRASES: dict[str, dict[str, list[str]]] = {
 }
 
 RICH_TEMPLATES = (
-    "a {size} {colour} {shape} {position}",
+    "a {size} {colour} {shape} {position} {background}",
     "a photo of a {size} {colour} {shape} {position} {background}",
-    "there is a {colour} {shape} {position}, and it is {size}",
+    "there is a {colour} {shape} {position} {background}, and it is {size}",
     "{position}: a {size} {colour} {shape} {background}",
     "a {colour} {shape} {background}, {size}, {position}",
 )
@@ -154,7 +155,7 @@ class WorldParams:
 
 def _unit_polygon(name: str) -> np.ndarray | None:
     if name == "triangle":
-        return np.array([[0.0, -1.0], [0.95, 0.72], [-0.95, 0.72]])
+        return np.array([[0.0, -1.0], [0.866, 0.5], [-0.866, 0.5]])  # inscribed, equilateral
     if name == "star":
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
         rad = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
@@ -227,10 +228,18 @@ def render(
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])")
+
+
+def fix_articles(text: str) -> str:
+    """'a amber disc' -> 'an amber disc'."""
+    return _ARTICLE.sub(lambda m: m.group(1) + "n ", text)
+
+
 def rich_caption(labels: Mapping[str, int], rng: np.random.Generator) -> str:
     """A caption naming every factor, with a random template and random synonyms."""
     words = {f: rng.choice(PHRASES[f][FACTORS[f][labels[f]]]) for f in FACTORS}
-    return str(rng.choice(RICH_TEMPLATES)).format(**words)
+    return fix_articles(str(rng.choice(RICH_TEMPLATES)).format(**words))
 
 
 def poor_caption(labels: Mapping[str, int], rng: np.random.Generator, p_colour: float = 0.5) -> str:
@@ -238,7 +247,9 @@ def poor_caption(labels: Mapping[str, int], rng: np.random.Generator, p_colour: 
     shape = PHRASES["shape"][SHAPES[labels["shape"]]][0]
     if rng.random() < p_colour:
         colour = PHRASES["colour"][COLOURS[labels["colour"]]][0]
-        return str(rng.choice(POOR_TEMPLATES_COLOUR)).format(colour=colour, shape=shape)
+        return fix_articles(
+            str(rng.choice(POOR_TEMPLATES_COLOUR)).format(colour=colour, shape=shape)
+        )
     return str(rng.choice(POOR_TEMPLATES_SHAPE)).format(shape=shape)
 
 
