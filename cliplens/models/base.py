@@ -67,7 +67,7 @@ class ClipModel(abc.ABC):
 
     def logit_scale(self) -> float:
         """exp of the learned temperature (for contrastive logits)."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
 
     def provenance(self) -> dict[str, Any]:
         """What a cache built with this model records and later checks."""

@@ -1,0 +1,118 @@
+""":class:`~cliplens.models.base.ClipModel` over an open_clip model (real or toy).
+
+Built by :func:`cliplens.models.registry.load_model`; this module only wraps objects open_clip
+has already created (model, eval transform, tokenizer) and never touches the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+
+from cliplens.models.base import ClipModel
+
+
+def _side(size: Any) -> int:
+    """open_clip stores sizes as an int or an (H, W) pair; cliplens wants square inputs."""
+    if isinstance(size, (tuple, list)):
+        if len(set(int(s) for s in size)) != 1:
+            raise ValueError(f"non-square input size {tuple(size)} is not supported")
+        return int(size[0])
+    return int(size)
+
+
+class OpenClipModel(ClipModel):
+    """An open_clip ``CLIP`` / ``CustomTextCLIP`` with its eval transform and tokenizer.
+
+    Grad mode is left to the caller: wrap pure inference in ``torch.inference_mode()``; training
+    and pixel-space optimisation (feature inversion) need gradients through ``encode_image``.
+    """
+
+    library = "open_clip"
+
+    def __init__(
+        self,
+        spec: str,
+        model: torch.nn.Module,
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        *,
+        family: str,
+        embed_dim: int,
+        extra_provenance: dict[str, Any] | None = None,
+        text_batch_size: int = 256,
+    ):
+        self.spec = spec
+        self.model = model.eval()
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.family = family
+        self.embed_dim = int(embed_dim)
+        self.preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+        self.image_size = _side(self.preprocess_cfg.get("size", model.visual.image_size))
+        self.text_batch_size = int(text_batch_size)
+        self._extra = dict(extra_provenance or {})
+
+    # -- images ---------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """open_clip's own eval transform (resize mode, crop, mean/std of the checkpoint)."""
+        return torch.stack([self.transform(im) for im in images])
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        pixels = pixels.to(self.device, dtype=next(self.model.visual.parameters()).dtype)
+        return self.model.encode_image(pixels, normalize=normalize)
+
+    # -- text -----------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, context_length] from the model's own open_clip tokenizer."""
+        return self.tokenizer(list(texts))
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
+        texts = list(texts)
+        out = []
+        for start in range(0, len(texts), self.text_batch_size):
+            tokens = self.tokenize(texts[start : start + self.text_batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens, normalize=normalize))
+        if not out:
+            return torch.empty(0, self.embed_dim, device=self.device)
+        return torch.cat(out)
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def vision_blocks(self) -> Sequence[torch.nn.Module]:
+        """ViT: ``visual.transformer.resblocks``; ModifiedResNet: stages ``layer1..layer4``;
+        timm towers: ``trunk.blocks`` (or ``trunk.stages``)."""
+        visual = self.model.visual
+        if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+            return list(visual.transformer.resblocks)
+        if all(hasattr(visual, f"layer{i}") for i in range(1, 5)):
+            return [getattr(visual, f"layer{i}") for i in range(1, 5)]
+        trunk = getattr(visual, "trunk", None)
+        for attr in ("blocks", "stages"):
+            if trunk is not None and hasattr(trunk, attr):
+                return list(getattr(trunk, attr))
+        raise TypeError(f"{self.spec}: no known block structure in {type(visual).__name__}")
+
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
+
+    def logit_bias(self) -> float | None:
+        """SigLIP-style additive bias of the logits (None for softmax CLIP)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach().reshape(-1)[0])
+
+    def provenance(self) -> dict[str, Any]:
+        cfg = self.preprocess_cfg
+        prov = super().provenance()
+        prov["preprocess"] = {
+            "size": self.image_size,
+            "mean": [float(x) for x in cfg.get("mean", ())],
+            "std": [float(x) for x in cfg.get("std", ())],
+            "resize_mode": str(cfg.get("resize_mode", "")),
+            "interpolation": str(cfg.get("interpolation", "")),
+            "mode": str(cfg.get("mode", "RGB")),
+        }
+        prov.update(self._extra)
+        return prov
