@@ -1,0 +1,114 @@
+# Real datasets: verified downloads, extraction, manual-dataset checks.
+# Where each file comes from (URL, size, SHA-256/MD5 and their sources) and how it is laid out:
+# cliplens/data/catalog.yaml.  Other rules depend on a dataset through dataset_inputs(name).
+#
+#   {RES}/downloads/{file}                      one verified, resumable download per archive
+#   {RES}/datasets/{dataset}/.extracted/{file}  one extraction per archive (marker written last)
+#   {RES}/datasets/{dataset}/.ready             the dataset is complete (marker written last)
+from cliplens.data.download import catalog_files, load_catalog
+from cliplens.data.registry import dataset_targets, wildcard_alternatives
+
+DATA_CATALOG = load_catalog()["datasets"]
+DATA_FILES = catalog_files()
+AUTO_DATASETS = [n for n, e in DATA_CATALOG.items() if not e.get("manual")]
+MANUAL_DATASETS = [n for n, e in DATA_CATALOG.items() if e.get("manual")]
+
+# dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``
+# (toy: its .h5; real: its .ready marker, or for COCO only the archives of ``split``).
+dataset_inputs = lambda name, split=None: dataset_targets(name, split, results=R, resources=RES)
+
+
+rule download_file:
+    output:
+        f"{RES}/downloads/{{file}}",
+    params:
+        url=lambda w: DATA_FILES[w.file]["url"],
+        mirrors=lambda w: list(DATA_FILES[w.file].get("mirrors", [])),
+        sha256=lambda w: DATA_FILES[w.file].get("sha256"),
+        md5=lambda w: DATA_FILES[w.file].get("md5"),
+        size=lambda w: DATA_FILES[w.file].get("size"),
+    log:
+        f"{R}/logs/download_file/{{file}}.log",
+    wildcard_constraints:
+        file=wildcard_alternatives(DATA_FILES),
+    retries: 2
+    threads: 1
+    conda:
+        "../envs/cliplens.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=360,
+    script:
+        "../workflow_scripts/download.py"
+
+
+rule extract_archive:
+    input:
+        f"{RES}/downloads/{{file}}",
+    output:
+        f"{RES}/datasets/{{dataset}}/.extracted/{{file}}",
+    params:
+        action="extract",
+        file="{file}",
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
+    log:
+        f"{R}/logs/extract_archive/{{dataset}}/{{file}}.log",
+    wildcard_constraints:
+        dataset=wildcard_alternatives(AUTO_DATASETS),
+        file=wildcard_alternatives(DATA_FILES),
+    threads: 1
+    conda:
+        "../envs/cliplens.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    script:
+        "../workflow_scripts/prepare_dataset.py"
+
+
+rule prepare_dataset:
+    input:
+        lambda w: [
+            f"{RES}/datasets/{w.dataset}/.extracted/{f['name']}"
+            for f in DATA_CATALOG[w.dataset].get("files", [])
+        ],
+    output:
+        f"{RES}/datasets/{{dataset}}/.ready",
+    params:
+        action="finish",
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
+    log:
+        f"{R}/logs/prepare_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=wildcard_alternatives(AUTO_DATASETS),
+    threads: 1
+    conda:
+        "../envs/cliplens.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    script:
+        "../workflow_scripts/prepare_dataset.py"
+
+
+# Manual datasets (licence or hosting): check the layout; fail with instructions if incomplete.
+rule check_manual_dataset:
+    output:
+        f"{RES}/datasets/{{dataset}}/.ready",
+    params:
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
+    log:
+        f"{R}/logs/check_manual_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=wildcard_alternatives(MANUAL_DATASETS),
+    threads: 1
+    conda:
+        "../envs/cliplens.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    script:
+        "../workflow_scripts/check_manual.py"
