@@ -1,0 +1,82 @@
+# Embedding caches: results/cache/{model}/{dataset}/{split}/embeddings.h5
+#
+# Extraction is scattered over config["cache"]["shards"] jobs, one contiguous row range each
+# (cliplens.cache.shard_bounds), and gathered into one file of HDF5 virtual datasets that point
+# at the shards by relative path (move the {split}/ folder as a whole).  A killed job loses one
+# shard.  Shard jobs claim `gpu=1` unless config["device"] is "cpu": with "auto" a job may use
+# a GPU, so it must hold one; with "cpu" shards run side by side, limited only by --cores.
+
+
+def gpu_claim():
+    """`gpu` resource of jobs that run a model: 0 when config says device "cpu", else 1 ("auto"
+    may pick a GPU, so the job must hold one)."""
+    return 0 if config["device"] == "cpu" else 1
+
+
+def cache_threads(wildcards):
+    """Torch threads of a shard job: 1 for toy models (too small to gain from intra-op threads;
+    shards run side by side instead), 8 for real ones (Snakemake caps it at --cores)."""
+    return 1 if model_spec(wildcards.model).startswith("toy:") else 8
+
+
+def cache_shard_paths(wildcards):
+    n = config["cache"]["shards"]
+    return [
+        f"{R}/cache/{wildcards.model}/{wildcards.dataset}/{wildcards.split}/shards/"
+        f"embeddings.{i}-of-{n}.h5"
+        for i in range(n)
+    ]
+
+
+def cache_path(model_slug, dataset, split):
+    """The gathered embeddings cache of (model slug, dataset, split)."""
+    return f"{R}/cache/{model_slug}/{dataset}/{split}/embeddings.h5"
+
+
+rule cache_shard:
+    input:
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(w.dataset, w.split),
+    output:
+        f"{R}/cache/{{model}}/{{dataset}}/{{split}}/shards/embeddings.{{i}}-of-{{n}}.h5",
+    log:
+        f"{R}/logs/cache_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.log",
+    benchmark:
+        f"{R}/benchmarks/cache_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.tsv"
+    wildcard_constraints:
+        i=r"\d+",
+        n=r"\d+",
+    threads: cache_threads
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_claim(),
+    params:
+        spec=lambda w: model_spec(w.model),
+        load=load_params(),
+        dataset="{dataset}",
+        split="{split}",
+        shard=lambda w: int(w.i),
+        n_shards=lambda w: int(w.n),
+        batch_size=config["cache"]["batch_size"],
+        dtype=config["cache"]["dtype"],
+        normalize=False,
+        results=R,
+        resources=RES,
+    script:
+        "../workflow_scripts/extract_embeddings.py"
+
+
+rule cache_gather:
+    input:
+        cache_shard_paths,
+    output:
+        f"{R}/cache/{{model}}/{{dataset}}/{{split}}/embeddings.h5",
+    log:
+        f"{R}/logs/cache_gather/{{model}}/{{dataset}}/{{split}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/gather_cache.py"

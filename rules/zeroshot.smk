@@ -1,0 +1,91 @@
+# Zero-shot classification: one JSON per (model, task) from the cached image embeddings of the
+# task's dataset/split, then results/tables/zeroshot.csv and results/figures/zeroshot.png over
+# config["zeroshot"]["models"] x config["zeroshot"]["tasks"].
+from cliplens.data.registry import get_task
+
+
+def zeroshot_templates(task_name):
+    """Format strings of the task's own template set, or of config["zeroshot"]["templates"]."""
+    override = config["zeroshot"]["templates"].get(task_name)
+    return list(get_task(task_name).resolved_templates(override))
+
+
+def zeroshot_classnames(task_name):
+    """The task's class names when the registry fixes them; None = the dataset's own (read by
+    the job once the dataset exists)."""
+    names = get_task(task_name).classnames
+    return None if names is None or callable(names) else list(names)
+
+
+def zeroshot_json_paths():
+    return expand(
+        f"{R}/zeroshot/{{model}}/{{task}}.json",
+        model=[model_slug(m) for m in config["zeroshot"]["models"]],
+        task=config["zeroshot"]["tasks"],
+    )
+
+
+rule zeroshot_eval:
+    input:
+        cache=lambda w: cache_path(
+            w.model, get_task(w.task).dataset, get_task(w.task).split
+        ),
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(get_task(w.task).dataset, get_task(w.task).split),
+    output:
+        f"{R}/zeroshot/{{model}}/{{task}}.json",
+    log:
+        f"{R}/logs/zeroshot_eval/{{model}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/zeroshot_eval/{{model}}/{{task}}.tsv"
+    wildcard_constraints:
+        task=r"[A-Za-z0-9_-]+",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=gpu_claim(),
+    params:
+        spec=lambda w: model_spec(w.model),
+        load=load_params(),
+        task="{task}",
+        classnames=lambda w: zeroshot_classnames(w.task),
+        templates=lambda w: zeroshot_templates(w.task),
+        batch_size=config["zeroshot"]["batch_size"],
+        dtype=config["cache"]["dtype"],
+        results=R,
+        resources=RES,
+    script:
+        "../workflow_scripts/zeroshot_eval.py"
+
+
+rule zeroshot_table:
+    input:
+        zeroshot_json_paths(),
+    output:
+        f"{R}/tables/zeroshot.csv",
+    log:
+        f"{R}/logs/zeroshot_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow_scripts/zeroshot_table.py"
+
+
+rule zeroshot_figure:
+    input:
+        f"{R}/tables/zeroshot.csv",
+    output:
+        f"{R}/figures/zeroshot.png",
+    log:
+        f"{R}/logs/zeroshot_figure.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        title="Zero-shot top-1 accuracy",
+    script:
+        "../workflow_scripts/zeroshot_figure.py"
