@@ -7,32 +7,6 @@
 # a GPU, so it must hold one; with "cpu" shards run side by side, limited only by --cores.
 
 
-def gpu_claim():
-    """`gpu` resource of jobs that run a model: 0 when config says device "cpu", else 1 ("auto"
-    may pick a GPU, so the job must hold one)."""
-    return 0 if config["device"] == "cpu" else 1
-
-
-def cache_threads(wildcards):
-    """Torch threads of a shard job: 1 for toy models (too small to gain from intra-op threads;
-    shards run side by side instead), 8 for real ones (Snakemake caps it at --cores)."""
-    return 1 if model_spec(wildcards.model).startswith("toy:") else 8
-
-
-def cache_shard_paths(wildcards):
-    n = config["cache"]["shards"]
-    return [
-        f"{R}/cache/{wildcards.model}/{wildcards.dataset}/{wildcards.split}/shards/"
-        f"embeddings.{i}-of-{n}.h5"
-        for i in range(n)
-    ]
-
-
-def cache_path(model_slug, dataset, split):
-    """The gathered embeddings cache of (model slug, dataset, split)."""
-    return f"{R}/cache/{model_slug}/{dataset}/{split}/embeddings.h5"
-
-
 rule cache_shard:
     input:
         model=lambda w: model_inputs(w.model),
@@ -46,6 +20,8 @@ rule cache_shard:
     wildcard_constraints:
         i=r"\d+",
         n=r"\d+",
+    conda:
+        "../envs/cliplens.yaml"
     threads: cache_threads
     resources:
         mem_mb=8000,
@@ -61,8 +37,7 @@ rule cache_shard:
         batch_size=config["cache"]["batch_size"],
         dtype=config["cache"]["dtype"],
         normalize=False,
-        results=R,
-        resources=RES,
+        roots=data_roots,
     script:
         "../workflow_scripts/extract_embeddings.py"
 
@@ -74,6 +49,8 @@ rule cache_gather:
         f"{R}/cache/{{model}}/{{dataset}}/{{split}}/embeddings.h5",
     log:
         f"{R}/logs/cache_gather/{{model}}/{{dataset}}/{{split}}.log",
+    conda:
+        "../envs/cliplens.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -1,6 +1,7 @@
 # Path and lookup helpers shared by every rules file.
-import re
+from pathlib import Path
 
+from cliplens.data.registry import get_task
 from cliplens.specs import parse_model_spec, slugify, unslugify
 
 R = config["results"]
@@ -39,6 +40,93 @@ def load_params():
         "device": config["device"],
         "hf_home": config["hf_home"],
     }
+
+
+def data_roots(wildcards, input):
+    """Dataset roots as the job sees them, inferred from its ``data`` inputs (so they follow the
+    files, e.g. under remote storage): ``{results}/data/toy/NAME.h5`` gives the results root and
+    ``{resources}/datasets/NAME/...`` the resources root.  Keyword arguments of
+    cliplens.data.registry.open_dataset."""
+    roots = {"results": R, "resources": RES}
+    for f in input.data:
+        p = Path(f)
+        if (
+            p.suffix == ".h5"
+            and p.parent.name == "toy"
+            and p.parent.parent.name == "data"
+        ):
+            roots["results"] = str(p.parents[2])
+        elif "datasets" in p.parts:
+            roots["resources"] = str(Path(*p.parts[: p.parts.index("datasets")]) or ".")
+    return roots
+
+
+# ---- toy world (rules/toy.smk)
+TOY_DATASETS = ["toy", "toy-spurious", "toy-shift", "toy-colour-ops"]
+_TOY_SECTION = {
+    "toy": "splits",
+    "toy-spurious": "spurious",
+    "toy-shift": "shift",
+    "toy-colour-ops": "colour_ops",
+}
+
+
+def toy_world_params(dataset):
+    """Only what drawing ``dataset`` depends on, so editing one section reruns one dataset."""
+    cfg = config["toy"]
+    out = {k: cfg[k] for k in ("seed", "image_size", "noise", "textured_background")}
+    section = _TOY_SECTION[dataset]
+    out[section] = cfg[section]
+    return out
+
+
+# ---- caches (rules/cache.smk)
+def gpu_claim():
+    """`gpu` resource of jobs that run a model: 0 when config says device "cpu", else 1 ("auto"
+    may pick a GPU, so the job must hold one)."""
+    return 0 if config["device"] == "cpu" else 1
+
+
+def cache_threads(wildcards):
+    """Torch threads of a shard job: 1 for toy models (too small to gain from intra-op threads;
+    shards run side by side instead), 8 for real ones (Snakemake caps it at --cores)."""
+    return 1 if model_spec(wildcards.model).startswith("toy:") else 8
+
+
+def cache_shard_paths(wildcards):
+    n = config["cache"]["shards"]
+    return [
+        f"{R}/cache/{wildcards.model}/{wildcards.dataset}/{wildcards.split}/shards/"
+        f"embeddings.{i}-of-{n}.h5"
+        for i in range(n)
+    ]
+
+
+def cache_path(model_slug, dataset, split):
+    """The gathered embeddings cache of (model slug, dataset, split)."""
+    return f"{R}/cache/{model_slug}/{dataset}/{split}/embeddings.h5"
+
+
+# ---- zero-shot (rules/zeroshot.smk)
+def zeroshot_templates(task_name):
+    """Format strings of the task's own template set, or of config["zeroshot"]["templates"]."""
+    override = config["zeroshot"]["templates"].get(task_name)
+    return list(get_task(task_name).resolved_templates(override))
+
+
+def zeroshot_classnames(task_name):
+    """The task's class names when the registry fixes them; None = the dataset's own (read by
+    the job once the dataset exists)."""
+    names = get_task(task_name).classnames
+    return None if names is None or callable(names) else list(names)
+
+
+def zeroshot_json_paths():
+    return expand(
+        f"{R}/zeroshot/{{model}}/{{task}}.json",
+        model=[model_slug(m) for m in config["zeroshot"]["models"]],
+        task=config["zeroshot"]["tasks"],
+    )
 
 
 wildcard_constraints:

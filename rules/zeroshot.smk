@@ -1,28 +1,6 @@
 # Zero-shot classification: one JSON per (model, task) from the cached image embeddings of the
 # task's dataset/split, then results/tables/zeroshot.csv and results/figures/zeroshot.png over
 # config["zeroshot"]["models"] x config["zeroshot"]["tasks"].
-from cliplens.data.registry import get_task
-
-
-def zeroshot_templates(task_name):
-    """Format strings of the task's own template set, or of config["zeroshot"]["templates"]."""
-    override = config["zeroshot"]["templates"].get(task_name)
-    return list(get_task(task_name).resolved_templates(override))
-
-
-def zeroshot_classnames(task_name):
-    """The task's class names when the registry fixes them; None = the dataset's own (read by
-    the job once the dataset exists)."""
-    names = get_task(task_name).classnames
-    return None if names is None or callable(names) else list(names)
-
-
-def zeroshot_json_paths():
-    return expand(
-        f"{R}/zeroshot/{{model}}/{{task}}.json",
-        model=[model_slug(m) for m in config["zeroshot"]["models"]],
-        task=config["zeroshot"]["tasks"],
-    )
 
 
 rule zeroshot_eval:
@@ -40,6 +18,8 @@ rule zeroshot_eval:
         f"{R}/benchmarks/zeroshot_eval/{{model}}/{{task}}.tsv"
     wildcard_constraints:
         task=r"[A-Za-z0-9_-]+",
+    conda:
+        "../envs/cliplens.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -53,8 +33,7 @@ rule zeroshot_eval:
         templates=lambda w: zeroshot_templates(w.task),
         batch_size=config["zeroshot"]["batch_size"],
         dtype=config["cache"]["dtype"],
-        results=R,
-        resources=RES,
+        roots=data_roots,
     script:
         "../workflow_scripts/zeroshot_eval.py"
 
@@ -66,6 +45,8 @@ rule zeroshot_table:
         f"{R}/tables/zeroshot.csv",
     log:
         f"{R}/logs/zeroshot_table.log",
+    conda:
+        "../envs/cliplens.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -81,6 +62,8 @@ rule zeroshot_figure:
         f"{R}/figures/zeroshot.png",
     log:
         f"{R}/logs/zeroshot_figure.log",
+    conda:
+        "../envs/cliplens.yaml"
     threads: 1
     resources:
         mem_mb=1000,

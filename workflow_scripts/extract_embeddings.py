@@ -10,7 +10,7 @@ from cliplens.runlog import job_log
 with job_log(snakemake.log[0]) as log:
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
-    dataset = open_dataset(p.dataset, p.split, results=p.results, resources=p.resources)
+    dataset = open_dataset(p.dataset, p.split, **p.roots)
     start, stop = shard_bounds(len(dataset), p.n_shards, p.shard, align=p.batch_size)
     log.info("%s on %s/%s: shard %d of %d = rows [%d, %d) of %d", p.spec, p.dataset, p.split,
              p.shard, p.n_shards, start, stop, len(dataset))

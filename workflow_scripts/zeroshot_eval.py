@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]) as log:
     task = get_task(p.task)
     expected = {"model": p.spec, "dataset": task.dataset, "split": task.split, "dtype": p.dtype}
     emb, _, prov = open_cache(snakemake.input.cache, expected)
-    dataset = task.open(results=p.results, resources=p.resources)  # labels = the task's labels
+    dataset = task.open(**p.roots)  # labels = the task's labels
     labels = dataset.labels[prov["start"] : prov["stop"]]
     classnames = list(p.classnames) if p.classnames else task.classnames_for(dataset)
     model = load_model(p.spec, **p.load)
