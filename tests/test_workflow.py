@@ -1,0 +1,62 @@
+"""The workflow itself: plans offline, and the tiny config runs end to end."""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snakemake(workdir, *args, timeout=900):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_default_config_plans(tmp_path):
+    out = snakemake(tmp_path, "-n", "--cores", "2")
+    assert out.returncode == 0, out.stderr + out.stdout
+    text = out.stdout + out.stderr
+    for rule in ("toy_world", "train_toy_model", "zeroshot_table"):
+        assert rule in text
+
+
+def test_paper_config_plans_offline_in_seconds(tmp_path):
+    t0 = time.perf_counter()
+    out = snakemake(tmp_path, "-n", "--cores", "8", "--configfile", str(ROOT / "configs/paper.yaml"))
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr + out.stdout
+    text = out.stdout + out.stderr
+    assert "imagenet" in text and "ViT-B-16" in text
+    assert elapsed < 60, elapsed
+
+
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
+    out = snakemake(tmp_path, "-n", "--cores", "1", "--config", "device=gpu")
+    assert out.returncode != 0
+    assert "device" in out.stderr + out.stdout and "does not match" in out.stderr + out.stdout
+
+
+@pytest.mark.workflow
+def test_tiny_config_runs_end_to_end(tmp_path):
+    out = snakemake(tmp_path, "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
+    assert out.returncode == 0, out.stderr[-6000:]
+    table = tmp_path / "results/tables/zeroshot.csv"
+    rows = list(csv.DictReader(table.open()))
+    pairs = {(r["model"], r["task"]) for r in rows}
+    assert pairs == {(m, t) for m in ("toy:clip-vit", "toy:siglip2-32")
+                     for t in ("toy-colour", "toy-shape")}
+    for r in rows:
+        assert 0.0 <= float(r["top1"]) <= 1.0
+    assert (tmp_path / "results/figures/zeroshot.png").stat().st_size > 10_000
+    assert (tmp_path / "results/cache/toy--clip-vit/toy/test/embeddings.h5").exists()
+    # nothing left to do on a second run
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
