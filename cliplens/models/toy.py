@@ -1,0 +1,600 @@
+"""Toy CLIP / SigLIP / SigLIP2 models: built with open_clip and transformers, trained on the toy
+world, saved in their library's own format (loaded back by ``load_model("toy:NAME")``).
+
+=================  ==========================================  =============================
+family             model                                        loss
+=================  ==========================================  =============================
+``clip``           open_clip ``CLIP`` (ViT or ModifiedResNet)   softmax contrastive
+``siglip``         transformers ``SiglipModel``                 sigmoid
+``siglip2``        transformers ``SiglipModel``                 sigmoid + lambda * L_img
+=================  ==========================================  =============================
+
+L_img is SigLIP2's image-side objective in toy form (:class:`PatchPixelObjective`): predict the
+pixels of each patch from the vision tower's final patch tokens (``kind: pixel``) or of masked
+patches (``kind: masked``).  The real ``google/siglip2-base-patch16-{224..512}`` checkpoints are
+``SiglipModel``s, so the toy SigLIP2 is too; its ``family`` in ``cliplens_model.json`` is
+``siglip2``.
+
+Each model's config slice (``toy_models.NAME``, schema ``cliplens/schema/toy_models.schema.yaml``)
+holds ``library``, ``family``, ``arch``, ``captions``, ``image_size``, ``embed_dim`` and the
+``vision``, ``text``, ``train`` and ``image_objective`` sections.
+
+Training applies the loader's own preprocessing (open_clip's eval transform, the transformers
+image processor) once to the whole split, tokenises every caption as the loader does
+(open_clip's tokenizer; the toy word-level tokenizer with ``padding="max_length"``), then runs
+AdamW with linear warm-up and cosine decay over shuffled batches.  Everything is seeded:
+the same config, data and thread count give the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cliplens import toyworld
+from cliplens.models.toy_objectives import (
+    PatchPixelObjective,
+    sigmoid_loss,
+    softmax_contrastive_loss,
+)
+
+log = logging.getLogger(__name__)
+
+#: factors scored by zero-shot classification after training (metadata ``zeroshot``)
+ZEROSHOT_FACTORS = ("colour", "shape", "position", "size", "background")
+#: open_clip's BPE vocabulary size (``SimpleTokenizer``)
+OPEN_CLIP_VOCAB = 49408
+#: image objective file saved beside a SigLIP2 toy model (not part of the transformers model)
+IMAGE_OBJECTIVE_FILE = "image_objective.safetensors"
+#: mean/std of the open_clip toys (open_clip's defaults, the OpenAI statistics)
+OPEN_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPEN_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ToyConfigError(ValueError):
+    """A toy model's config slice is inconsistent; the message names the model and the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def toy_model_schema() -> dict:
+    """The JSON schema of one ``toy_models`` entry."""
+    from cliplens.config import load_schema
+
+    return load_schema()["properties"]["toy_models"]["additionalProperties"]
+
+
+def toy_model_config(name: str, cfg: Mapping[str, Any]) -> dict:
+    """Validate one model's config slice, fill its defaults, check cross-key constraints.
+
+    Returns a new dict.  Raises :class:`ToyConfigError` naming ``toy_models.NAME.key``.
+    """
+    import jsonschema
+
+    from cliplens.config import fill_defaults
+
+    schema = toy_model_schema()
+    out = fill_defaults(copy.deepcopy(dict(cfg)), schema)
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(out))
+    if errors:
+        lines = [f"toy_models.{name}.{'.'.join(map(str, e.absolute_path)) or '<entry>'}: "
+                 f"{e.message}" for e in errors]
+        raise ToyConfigError("\n".join(lines))
+
+    def bad(key: str, msg: str) -> ToyConfigError:
+        return ToyConfigError(f"toy_models.{name}.{key}: {msg}")
+
+    lib, fam, v, t = out["library"], out["family"], out["vision"], out["text"]
+    if (lib == "open_clip") != (fam == "clip"):
+        raise bad("family", f"family {fam!r} does not go with library {lib!r} "
+                  "(clip: open_clip; siglip, siglip2: transformers)")
+    s = out["image_size"]
+    if lib == "open_clip" and out["arch"] == "resnet":
+        if not isinstance(v["layers"], list):
+            raise bad("vision.layers", "arch resnet needs a list of 4 block counts, e.g. [1, 1, 1, 1]")
+        if s % 32:
+            raise bad("image_size", f"a ModifiedResNet needs a multiple of 32, got {s}")
+        if (v["width"] * 32) % v["heads"]:
+            raise bad("vision.heads", f"must divide the attention pool width 32*{v['width']}")
+    else:
+        if lib == "transformers" and out["arch"] != "vit":
+            raise bad("arch", "transformers toys are ViTs (arch: vit)")
+        if not isinstance(v["layers"], int):
+            raise bad("vision.layers", "arch vit needs an integer layer count")
+        if s % v["patch_size"]:
+            raise bad("vision.patch_size", f"{v['patch_size']} does not divide image_size {s}")
+        if v["width"] % v["heads"]:
+            raise bad("vision.heads", f"{v['heads']} does not divide vision.width {v['width']}")
+    if t["width"] % t["heads"]:
+        raise bad("text.heads", f"{t['heads']} does not divide text.width {t['width']}")
+    if lib == "transformers" and out["embed_dim"] != v["width"]:
+        raise bad("embed_dim", f"SigLIP's embedding is the vision width: set embed_dim = "
+                  f"vision.width = {v['width']} (got {out['embed_dim']})")
+    kind = out["image_objective"]["kind"]
+    if fam == "siglip2" and kind == "none":
+        raise bad("image_objective.kind", "family siglip2 needs an image objective (pixel or masked)")
+    if fam != "siglip2" and kind != "none":
+        raise bad("image_objective.kind", f"only family siglip2 trains an image objective, "
+                  f"this model is {fam!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def open_clip_configs(cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(``model_cfg``, ``preprocess_cfg``) of open_clip for a validated toy config.
+
+    ViT: ``head_width = width / heads``.  ModifiedResNet: ``vision.layers`` are the four stage
+    depths, ``vision.width`` the stem width and the attention pool has ``heads`` heads over
+    ``32 * width`` channels (open_clip derives heads as ``32 * width / head_width``).
+    """
+    v, t, s = cfg["vision"], cfg["text"], int(cfg["image_size"])
+    if cfg["arch"] == "resnet":
+        vision_cfg = {"image_size": s, "layers": [int(x) for x in v["layers"]],
+                      "width": int(v["width"]), "head_width": int(v["width"]) * 32 // int(v["heads"])}
+    else:
+        vision_cfg = {"image_size": s, "layers": int(v["layers"]), "width": int(v["width"]),
+                      "head_width": int(v["width"]) // int(v["heads"]),
+                      "patch_size": int(v["patch_size"]), "mlp_ratio": float(v["mlp_ratio"])}
+    text_cfg = {"context_length": int(t["context_length"]), "vocab_size": OPEN_CLIP_VOCAB,
+                "width": int(t["width"]), "heads": int(t["heads"]), "layers": int(t["layers"]),
+                "mlp_ratio": float(t["mlp_ratio"])}
+    model_cfg = {"embed_dim": int(cfg["embed_dim"]), "quick_gelu": False,
+                 "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    preprocess_cfg = {"size": s, "mean": list(OPEN_CLIP_MEAN), "std": list(OPEN_CLIP_STD),
+                      "interpolation": "bicubic", "resize_mode": "squash"}
+    return model_cfg, preprocess_cfg
+
+
+def siglip_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int, eos_id: int):
+    """A ``transformers.SiglipConfig`` for a validated toy config."""
+    from transformers import SiglipConfig
+
+    v, t = cfg["vision"], cfg["text"]
+    text_config = dict(
+        vocab_size=int(vocab_size), hidden_size=int(t["width"]),
+        intermediate_size=int(round(t["width"] * t["mlp_ratio"])),
+        num_hidden_layers=int(t["layers"]), num_attention_heads=int(t["heads"]),
+        max_position_embeddings=int(t["context_length"]), projection_size=int(cfg["embed_dim"]),
+        pad_token_id=int(pad_id), bos_token_id=None, eos_token_id=int(eos_id),
+    )
+    vision_config = dict(
+        hidden_size=int(v["width"]), intermediate_size=int(round(v["width"] * v["mlp_ratio"])),
+        num_hidden_layers=int(v["layers"]), num_attention_heads=int(v["heads"]),
+        image_size=int(cfg["image_size"]), patch_size=int(v["patch_size"]), num_channels=3,
+    )
+    return SiglipConfig(text_config=text_config, vision_config=vision_config)
+
+
+class ToyModel:
+    """A toy model being trained: the library module plus everything needed to feed it.
+
+    Subclasses implement the library-specific parts; ``preprocess`` and ``tokenize`` are the
+    loader's own (see :mod:`cliplens.models.registry`).
+    """
+
+    library: str
+    model: torch.nn.Module
+    image_objective: PatchPixelObjective | None = None
+
+    def __init__(self, name: str, cfg: Mapping[str, Any]):
+        self.name, self.cfg = name, dict(cfg)
+        self.family = cfg["family"]
+
+    # inputs
+    def preprocess(self, images: np.ndarray, batch: int = 1000) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float [N, 3, S, S] through the loader's transform."""
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # encoders (unnormalised embeddings [N, D])
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, pixels: torch.Tensor, tokens: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (e.g. to clamp the temperature)."""
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.image_objective] if self.image_objective is not None else [])
+
+    def parameters(self):
+        for m in self.modules():
+            yield from m.named_parameters(prefix=type(m).__name__)
+
+    def train(self, mode: bool = True) -> "ToyModel":
+        for m in self.modules():
+            m.train(mode)
+        return self
+
+    def to(self, device) -> "ToyModel":
+        for m in self.modules():
+            m.to(device)
+        return self
+
+    def save(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+class OpenClipToy(ToyModel):
+    """An open_clip ``CLIP`` (ViT or ModifiedResNet) with open_clip's tokenizer and eval
+    transform; softmax contrastive loss with the temperature clamped at 100 as open_clip does."""
+
+    library = "open_clip"
+
+    def __init__(self, name: str, cfg: Mapping[str, Any]):
+        import open_clip
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        super().__init__(name, cfg)
+        self.model_cfg, self.preprocess_cfg = open_clip_configs(cfg)
+        self.model = open_clip.CLIP(**copy.deepcopy(self.model_cfg))
+        self.transform = image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
+        self.tokenizer = open_clip.SimpleTokenizer(context_length=self.model_cfg["text_cfg"]["context_length"])
+
+    def preprocess(self, images: np.ndarray, batch: int = 1000) -> torch.Tensor:
+        return torch.stack([self.transform(Image.fromarray(im)) for im in images])
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+    def loss(self, pixels, tokens, generator=None):
+        img = F.normalize(self.encode_image(pixels), dim=-1)
+        txt = F.normalize(self.encode_text(tokens), dim=-1)
+        loss = softmax_contrastive_loss(img, txt, self.model.logit_scale.exp())
+        return loss, {"contrastive": float(loss.detach())}
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+
+    def save(self, path: Path) -> None:
+        from cliplens.models.registry import save_open_clip_dir
+
+        save_open_clip_dir(self.model, self.model_cfg, self.preprocess_cfg, path)
+
+
+class SiglipToy(ToyModel):
+    """A transformers ``SiglipModel`` with the toy word-level tokenizer and a
+    ``SiglipImageProcessor`` (square resize, mean = std = 0.5); sigmoid loss with SigLIP's
+    initial temperature t' = log 10 and bias b = -10; for family siglip2 plus
+    ``image_objective.weight`` x L_img."""
+
+    library = "transformers"
+
+    def __init__(self, name: str, cfg: Mapping[str, Any]):
+        from transformers import SiglipImageProcessor, SiglipModel
+
+        from cliplens.models.toy_text import EOS, PAD, build_toy_tokenizer
+
+        super().__init__(name, cfg)
+        ctx = int(cfg["text"]["context_length"])
+        self.tokenizer = build_toy_tokenizer(ctx)
+        self.model = SiglipModel(siglip_config(
+            cfg, len(self.tokenizer), self.tokenizer.convert_tokens_to_ids(PAD),
+            self.tokenizer.convert_tokens_to_ids(EOS)))
+        with torch.no_grad():
+            self.model.logit_scale.fill_(math.log(10.0))
+            self.model.logit_bias.fill_(-10.0)
+        s = int(cfg["image_size"])
+        self.image_processor = SiglipImageProcessor(
+            size={"height": s, "width": s}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        self.context_length = ctx
+        obj = cfg["image_objective"]
+        if obj["kind"] != "none":
+            self.image_objective = PatchPixelObjective(
+                int(cfg["vision"]["width"]), int(cfg["vision"]["patch_size"]), 3,
+                kind=obj["kind"], hidden=int(obj["hidden"]), mask_ratio=float(obj["mask_ratio"]))
+            self.objective_weight = float(obj["weight"])
+
+    def preprocess(self, images: np.ndarray, batch: int = 1000) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), batch):
+            pil = [Image.fromarray(im) for im in images[start:start + batch]]
+            out.append(self.image_processor(images=pil, return_tensors="pt")["pixel_values"])
+        return torch.cat(out)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts), padding="max_length", truncation=True,
+                              max_length=self.context_length, return_tensors="pt")["input_ids"]
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels).pooler_output
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.text_model(input_ids=tokens).pooler_output
+
+    def loss(self, pixels, tokens, generator=None):
+        vout = self.model.vision_model(pixel_values=pixels)
+        img = F.normalize(vout.pooler_output, dim=-1)
+        txt = F.normalize(self.encode_text(tokens), dim=-1)
+        loss = sigmoid_loss(img, txt, self.model.logit_scale.exp(), self.model.logit_bias)
+        parts = {"sigmoid": float(loss.detach())}
+        if self.image_objective is not None:
+            l_img = self.image_objective(self.model.vision_model, pixels,
+                                         vout.last_hidden_state, generator)
+            parts["image"] = float(l_img.detach())
+            loss = loss + self.objective_weight * l_img
+        return loss, parts
+
+    def save(self, path: Path) -> None:
+        from cliplens.models.registry import save_transformers_dir
+
+        save_transformers_dir(self.model, self.image_processor, self.tokenizer, path)
+        if self.image_objective is not None:
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.image_objective.state_dict().items()}
+            save_file(state, str(path / IMAGE_OBJECTIVE_FILE))
+
+
+def build_toy_model(name: str, cfg: Mapping[str, Any]) -> ToyModel:
+    """Build (randomly initialised, from the torch RNG's current state) the toy model ``name``
+    from its config slice (validated and defaults filled here)."""
+    cfg = toy_model_config(name, cfg)
+    return OpenClipToy(name, cfg) if cfg["library"] == "open_clip" else SiglipToy(name, cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up (step+1)/warmup over the first ``warmup`` steps,
+    then cosine decay 0.5 (1 + cos(pi * (step - warmup) / (steps - warmup))) to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    rest = max(steps - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / rest))
+
+
+def make_optimizer(toy: ToyModel, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9/0.98, eps 1e-6; torch's fused kernel where available); weight decay on
+    matrices only (ndim >= 2), not on gains, biases, temperatures or the logit bias."""
+    decay, no_decay = [], []
+    for _, p in toy.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kw = {"lr": lr, "betas": (0.9, 0.98), "eps": 1e-6}
+    try:  # the fused kernel is several times faster on CPU (8 M parameters, mostly token embeddings)
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kw)
+
+
+def fit(
+    toy: ToyModel,
+    pixels: torch.Tensor,
+    tokens: torch.Tensor,
+    train_cfg: Mapping[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``toy`` on (``pixels`` [N, 3, S, S], ``tokens`` [N, L]) pairs.
+
+    ``train_cfg``: ``steps``, ``batch_size`` (capped at N), ``lr``, ``weight_decay``,
+    ``warmup`` (a fraction of ``steps``), ``seed`` (batch order and masks).  Each epoch visits a
+    fresh permutation; the last incomplete batch of an epoch is dropped.  Returns
+    ``{"steps", "final_loss" (mean of the last min(10, steps) steps), "loss_history"
+    ([step, loss] at about 20 points), "seconds" (wall clock), "cpu_seconds" (CPU time of this
+    process, all threads)}``.
+    """
+    from tqdm.auto import tqdm
+
+    steps = int(train_cfg["steps"])
+    n = len(pixels)
+    if n == 0 or len(tokens) != n:
+        raise ValueError(f"need as many captions as images, got {len(tokens)} and {n}")
+    bs = min(int(train_cfg["batch_size"]), n)
+    warmup = int(round(float(train_cfg["warmup"]) * steps))
+    gen = torch.Generator().manual_seed(int(train_cfg["seed"]))
+    opt = make_optimizer(toy, float(train_cfg["lr"]), float(train_cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    toy.to(device).train()
+    every = max(1, steps // 20)
+    losses, history = [], []
+    order, pos = torch.randperm(n, generator=gen), 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    bar = tqdm(range(steps), desc=f"train {toy.name}", disable=not progress, mininterval=2.0)
+    for step in bar:
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        loss, parts = toy.loss(pixels[idx].to(device), tokens[idx].to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        toy.after_step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{toy.name}: loss became {value} at step {step}; "
+                                     "lower train.lr")
+        losses.append(value)
+        if step % every == 0 or step == steps - 1:
+            history.append([step, round(value, 5)])
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+    toy.train(False)
+    tail = losses[-min(10, len(losses)):] if losses else [float("nan")]
+    return {"steps": steps, "final_loss": float(np.mean(tail)), "loss_history": history,
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def embed_images(toy: ToyModel, pixels: torch.Tensor, batch: int = 500, device="cpu") -> torch.Tensor:
+    """L2-normalised image embeddings [N, D] (eval mode)."""
+    toy.train(False)
+    out = [toy.encode_image(pixels[i:i + batch].to(device)).float().cpu()
+           for i in range(0, len(pixels), batch)]
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def text_classifier(toy: ToyModel, classnames: Sequence[str], templates: Sequence[str],
+                    device="cpu") -> torch.Tensor:
+    """[C, D]: w_c = normalize(mean_j normalize(f_text(template_j.format(class_c))))."""
+    toy.train(False)
+    texts = [t.format(c) for c in classnames for t in templates]
+    emb = F.normalize(toy.encode_text(toy.tokenize(texts).to(device)).float().cpu(), dim=-1)
+    emb = emb.reshape(len(classnames), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+def zeroshot_accuracies(
+    toy: ToyModel, split: Mapping[str, Any], factors: Sequence[str] = ZEROSHOT_FACTORS,
+    pixels: torch.Tensor | None = None, device="cpu",
+) -> dict[str, float]:
+    """Zero-shot top-1 accuracy per toy factor on ``split`` (``images`` uint8 and ``labels``),
+    with the toy world's class names and templates."""
+    if pixels is None:
+        pixels = toy.preprocess(split["images"])
+    img = embed_images(toy, pixels, device=device)
+    out = {}
+    for factor in factors:
+        w = text_classifier(toy, toyworld.classnames(factor),
+                            toyworld.ZEROSHOT_TEMPLATES[factor], device=device)
+        pred = (img @ w.T).argmax(1).numpy()
+        out[factor] = float(np.mean(pred == np.asarray(split["labels"][factor])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_toy(
+    name: str,
+    cfg: Mapping[str, Any],
+    train: Mapping[str, Any],
+    val: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = "cpu",
+) -> tuple[ToyModel, dict[str, Any]]:
+    """Build, train and evaluate the toy model ``name``; return (model on the CPU, metadata).
+
+    ``cfg`` is the model's config slice (``toy_models.NAME``); ``train`` / ``val`` are splits as
+    :func:`cliplens.data.toy.read_split` returns them (``images`` uint8 [N, H, W, 3], ``labels``,
+    ``captions_rich``, ``captions_poor``).  With ``val``, zero-shot accuracies per factor go into
+    the metadata: ``library, family, name, captions, config, image_size, embed_dim, parameters,
+    steps, final_loss, loss_history, prep_seconds, train_seconds, train_cpu_seconds, threads,
+    device[, zeroshot, image_objective]``.  ``train_seconds`` is the optimisation loop; ``prep_seconds`` building
+    the model, preprocessing the images and tokenising the captions.
+    """
+    cfg = toy_model_config(name, cfg)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    torch.manual_seed(int(cfg["train"]["seed"]))
+    toy = build_toy_model(name, cfg)
+    captions = train[f"captions_{cfg['captions']}"]
+    pixels = toy.preprocess(train["images"])
+    tokens = toy.tokenize(captions)
+    prep_seconds = time.perf_counter() - t0
+    log.info("%s: %d pairs at %d px, %s parameters", name, len(pixels), cfg["image_size"],
+             f"{sum(p.numel() for _, p in toy.parameters()):,}")
+    result = fit(toy, pixels, tokens, cfg["train"], device=dev, progress=progress)
+    del pixels, tokens
+    meta: dict[str, Any] = {
+        "library": toy.library,
+        "family": cfg["family"],
+        "name": name,
+        "captions": cfg["captions"],
+        "config": cfg,
+        "image_size": int(cfg["image_size"]),
+        "embed_dim": int(cfg["embed_dim"]),
+        "parameters": int(sum(p.numel() for p in toy.model.parameters())),
+        "steps": result["steps"],
+        "final_loss": result["final_loss"],
+        "loss_history": result["loss_history"],
+        "prep_seconds": round(prep_seconds, 3),
+        "train_seconds": round(result["seconds"], 3),
+        "train_cpu_seconds": round(result["cpu_seconds"], 3),
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+    }
+    if toy.image_objective is not None:
+        meta["image_objective"] = {"file": IMAGE_OBJECTIVE_FILE, **cfg["image_objective"]}
+    if val is not None:
+        meta["zeroshot"] = zeroshot_accuracies(toy, val, device=dev)
+        log.info("%s: zero-shot on val %s", name,
+                 ", ".join(f"{k} {v:.3f}" for k, v in meta["zeroshot"].items()))
+    toy.to("cpu")
+    return toy, meta
+
+
+def train_toy_model(
+    name: str,
+    cfg: Mapping[str, Any],
+    train: Mapping[str, Any],
+    val: Mapping[str, Any] | None,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    device: str | torch.device | None = "cpu",
+) -> dict[str, Any]:
+    """:func:`train_toy`, then :func:`save_toy_model` into ``out_dir``; returns the metadata."""
+    toy, meta = train_toy(name, cfg, train, val, progress=progress, device=device)
+    save_toy_model(toy, meta, out_dir)
+    return meta
+
+
+def save_toy_model(toy: ToyModel, meta: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write the model directory atomically: everything goes into a temporary sibling, which
+    then replaces ``out_dir`` (an existing ``out_dir`` is removed first)."""
+    from cliplens.models.registry import write_model_meta
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        toy.save(tmp)
+        write_model_meta(tmp, meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,330 @@
+"""Toy model training: every family builds, learns, saves in its library's format and loads back
+through the registry with identical embeddings; the losses match their formulas; SigLIP2's image
+objective trains the vision tower through its patch tokens."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from cliplens import toyworld  # noqa: E402
+from cliplens.config import ConfigError, load_config, validate_config  # noqa: E402
+from cliplens.models import toy as toymod  # noqa: E402
+from cliplens.models.toy import (  # noqa: E402
+    ToyConfigError,
+    build_toy_model,
+    fit,
+    lr_factor,
+    toy_model_config,
+    train_toy_model,
+)
+from cliplens.models.toy_objectives import (  # noqa: E402
+    PatchPixelObjective,
+    patchify,
+    sigmoid_loss,
+    softmax_contrastive_loss,
+)
+from cliplens.models.toy_text import build_toy_tokenizer, toy_vocabulary  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_TINY_VIT = {"width": 32, "layers": 1, "heads": 2, "patch_size": 8}
+_TINY_TEXT = {"width": 32, "layers": 1, "heads": 2, "context_length": 24}
+_TINY_TRAIN = {"steps": 5, "batch_size": 32, "lr": 0.003, "warmup": 0.2, "seed": 0}
+
+#: one tiny config per kind of toy model
+TINY = {
+    "clip-vit": {"library": "open_clip", "family": "clip", "arch": "vit", "image_size": 16,
+                 "embed_dim": 32, "vision": _TINY_VIT, "text": _TINY_TEXT, "train": _TINY_TRAIN},
+    "clip-rn": {"library": "open_clip", "family": "clip", "arch": "resnet", "image_size": 32,
+                "embed_dim": 32, "vision": {"width": 8, "layers": [1, 1, 1, 1], "heads": 2},
+                "text": _TINY_TEXT, "train": _TINY_TRAIN},
+    "siglip": {"library": "transformers", "family": "siglip", "image_size": 16, "embed_dim": 32,
+               "vision": _TINY_VIT, "text": _TINY_TEXT, "train": _TINY_TRAIN},
+    "siglip2": {"library": "transformers", "family": "siglip2", "image_size": 16,
+                "embed_dim": 32, "vision": _TINY_VIT, "text": _TINY_TEXT, "train": _TINY_TRAIN,
+                "image_objective": {"kind": "pixel", "weight": 1.0}},
+    "siglip2-masked": {"library": "transformers", "family": "siglip2", "image_size": 16,
+                       "embed_dim": 32, "vision": _TINY_VIT, "text": _TINY_TEXT,
+                       "train": _TINY_TRAIN,
+                       "image_objective": {"kind": "masked", "weight": 1.0, "hidden": 16}},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    cfg = load_config(os.path.join(ROOT, "config.yaml"))["toy"]
+    cfg = dict(cfg, splits={"train": 200, "val": 60, "test": 1})
+    out = toyworld.generate("toy", cfg, splits=("train", "val"))
+    return {
+        name: {"images": s.images, "labels": s.labels, "captions_rich": s.captions_rich,
+               "captions_poor": s.captions_poor}
+        for name, s in out.items()
+    }
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+def test_sigmoid_loss_matches_hand_computation_on_2x2():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # logits z = 2 <x_i, y_j> - 1 = [[1, 0.2], [-1, 0.6]]; labels +1 on the diagonal, -1 off it
+    def logsig(x):
+        return -math.log1p(math.exp(-x))
+
+    expected = -(logsig(1.0) + logsig(-0.2) + logsig(1.0) + logsig(0.6)) / 2
+    got = sigmoid_loss(img, txt, torch.tensor(2.0), torch.tensor(-1.0))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sigmoid_loss_equals_open_clip_siglip_loss():
+    from open_clip.loss import SigLipLoss
+
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(7, 5, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(7, 5, generator=g), dim=-1)
+    ours = sigmoid_loss(img, txt, torch.tensor(10.0), torch.tensor(-10.0))
+    ref = SigLipLoss()(img, txt, torch.tensor(10.0), torch.tensor(-10.0))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_softmax_contrastive_loss_is_symmetric_cross_entropy():
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    z = 3.0 * img @ txt.T
+    labels = torch.arange(6)
+    expected = 0.5 * (F.cross_entropy(z, labels) + F.cross_entropy(z.T, labels))
+    assert softmax_contrastive_loss(img, txt, 3.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_patchify_follows_the_vit_token_grid():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    p = patchify(x, 2)
+    assert p.shape == (2, 4, 12)
+    # token 1 is the top-right 2x2 block; inside it pixel (0, 1), channel 2 is entry (0*2+1)*3+2
+    assert p[1, 1, (0 * 2 + 1) * 3 + 2] == x[1, 2, 0, 3]
+    # the same order as a stride-p convolution flattened row-major
+    conv = torch.nn.Conv2d(3, 12, 2, stride=2, bias=False)
+    with torch.no_grad():
+        # weight [12, 3, 2, 2] that copies each pixel to its patchify slot
+        conv.weight.zero_()
+        for i in range(2):
+            for j in range(2):
+                for c in range(3):
+                    conv.weight[(i * 2 + j) * 3 + c, c, i, j] = 1.0
+        ref = conv(x).flatten(2).transpose(1, 2)
+    assert torch.equal(ref, p)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    vals = [lr_factor(s, 100, 10) for s in range(100)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert vals[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(vals[10:], vals[11:]))
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+def test_toy_tokenizer_covers_the_toy_language_and_pads_to_max_length():
+    tok = build_toy_tokenizer(24)
+    unk = tok.convert_tokens_to_ids("[UNK]")
+    texts = [t.format(c) for f in toyworld.ZEROSHOT_TEMPLATES
+             for c in toyworld.classnames(f) for t in toyworld.ZEROSHOT_TEMPLATES[f]]
+    rng = np.random.default_rng(0)
+    labels = toyworld.sample_labels(200, rng)
+    texts += [toyworld.rich_caption({f: int(labels[f][i]) for f in labels}, rng) for i in range(200)]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=24)["input_ids"]
+    assert all(len(ids) == 24 for ids in enc)
+    assert not any(unk in ids for ids in enc)
+    eos = tok.convert_tokens_to_ids("[EOS]")
+    assert all(ids.count(eos) == 1 for ids in enc)
+    assert "crimson" in toy_vocabulary() and "[PAD]" not in toy_vocabulary()
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_default_config_validates_and_names_every_toy_model():
+    cfg = load_config(os.path.join(ROOT, "config.yaml"))
+    names = set(cfg["toy_models"])
+    assert {"clip-vit", "clip-vit-poor", "clip-rn", "siglip-32", "siglip-64",
+            "siglip2-32", "siglip2-64"} <= names
+    for name, entry in cfg["toy_models"].items():
+        toy_model_config(name, entry)  # cross-key constraints hold
+    fams = {n: cfg["toy_models"][n]["family"] for n in names}
+    assert fams["siglip2-32"] == "siglip2" and fams["clip-rn"] == "clip"
+
+
+def test_config_typo_names_the_bad_key():
+    raw = yaml.safe_load(open(os.path.join(ROOT, "config.yaml")))
+    raw["toy_models"]["clip-vit"]["train"]["stpes"] = 3
+    with pytest.raises(ConfigError, match=r"toy_models\.clip-vit\.train.*stpes"):
+        validate_config(raw)
+
+
+@pytest.mark.parametrize("patch, match", [
+    ({"family": "siglip2", "image_objective": {"kind": "none"}}, "image_objective.kind"),
+    ({"image_objective": {"kind": "pixel"}}, "only family siglip2"),
+    ({"embed_dim": 48}, "embed_dim"),
+    ({"library": "open_clip"}, "family"),
+    ({"vision": {"patch_size": 5}}, "patch_size"),
+])
+def test_inconsistent_toy_configs_fail_with_the_key(patch, match):
+    cfg = copy.deepcopy(TINY["siglip"])
+    for k, v in patch.items():
+        cfg[k] = dict(cfg.get(k, {}), **v) if isinstance(v, dict) else v
+    with pytest.raises(ToyConfigError, match=match):
+        toy_model_config("x", cfg)
+
+
+# --- training, saving, loading -----------------------------------------------------------------
+
+
+def _overfit(kind: str, steps: int = 25) -> list[float]:
+    """Loss per step when training on one fixed batch of 8 pairs."""
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(TINY[kind])
+    toy = build_toy_model(kind, cfg)
+    rng = np.random.default_rng(0)
+    labels = toyworld.sample_labels(8, rng)
+    split = toyworld.draw_split(labels, rng)
+    pixels = toy.preprocess(split.images)
+    tokens = toy.tokenize(split.captions_rich)
+    train = dict(toy.cfg["train"], steps=steps, batch_size=8, lr=0.003, warmup=0.0)
+    res = fit(toy, pixels, tokens, train, progress=False)
+    return [v for _, v in res["loss_history"]]
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_every_family_overfits_a_tiny_batch(kind):
+    losses = _overfit(kind)
+    first, last = losses[0], losses[-1]
+    assert last < 0.6 * first, f"{kind}: loss {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_train_save_and_load_back_through_the_registry(kind, splits, tmp_path):
+    from cliplens.models.registry import load_model
+
+    root = tmp_path / "toy"
+    meta = train_toy_model(kind, TINY[kind], splits["train"], splits["val"], root / kind,
+                           progress=False)
+    out = root / kind
+    saved = json.loads((out / "cliplens_model.json").read_text())
+    assert saved["name"] == kind and saved["family"] == TINY[kind]["family"]
+    assert saved["library"] == TINY[kind]["library"] and saved["steps"] == 5
+    assert set(saved["zeroshot"]) >= {"colour", "shape", "position", "size"}
+    assert math.isfinite(saved["final_loss"]) and saved["train_seconds"] > 0
+    assert saved["config"]["train"]["steps"] == 5 and meta["zeroshot"] == saved["zeroshot"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".")], "temporary dir left behind"
+    if saved["library"] == "open_clip":
+        assert (out / "open_clip_config.json").is_file()
+        assert (out / "open_clip_model.safetensors").is_file()
+    else:
+        assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+        assert (out / "preprocessor_config.json").is_file()
+        if saved["family"] == "siglip2":
+            assert (out / toymod.IMAGE_OBJECTIVE_FILE).is_file()
+
+    # the loader gives the embeddings of the model as it was trained
+    torch.manual_seed(TINY[kind]["train"]["seed"])
+    ref = build_toy_model(kind, TINY[kind])
+    pixels = ref.preprocess(splits["val"]["images"][:6])
+    tokens = ref.tokenize(splits["val"]["captions_rich"][:6])
+    loaded = load_model(f"toy:{kind}", toy_root=root)
+    from PIL import Image
+
+    lp = loaded.preprocess([Image.fromarray(im) for im in splits["val"]["images"][:6]])
+    assert torch.allclose(lp, pixels, atol=1e-6), "loader preprocesses differently from training"
+    # retrain deterministically in memory and compare with the loaded weights
+    toy, _ = toymod.train_toy(kind, TINY[kind], splits["train"], None, progress=False)
+    with torch.no_grad():
+        a_img = toy.encode_image(pixels)
+        a_txt = toy.encode_text(tokens)
+        b_img = loaded.encode_image(lp)
+        b_txt = loaded.encode_text(splits["val"]["captions_rich"][:6])
+    assert torch.allclose(a_img, b_img, atol=1e-5)
+    assert torch.allclose(a_txt, b_txt, atol=1e-5)
+
+
+def test_training_is_deterministic(splits):
+    a, _ = toymod.train_toy("siglip2", TINY["siglip2-masked"], splits["train"], None, progress=False)
+    b, _ = toymod.train_toy("siglip2", TINY["siglip2-masked"], splits["train"], None, progress=False)
+    for (ka, va), (kb, vb) in zip(a.parameters(), b.parameters()):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+# --- the image-side objective --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["siglip2", "siglip2-masked"])
+def test_image_objective_gradient_reaches_patch_tokens_and_vision_tower_only(kind):
+    torch.manual_seed(0)
+    toy = build_toy_model(kind, TINY[kind])
+    toy.train()
+    pixels = torch.randn(4, 3, 16, 16)
+    vm = toy.model.vision_model
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["tokens"] = output
+
+    handle = vm.post_layernorm.register_forward_hook(keep)
+    vout = vm(pixel_values=pixels)
+    tokens = vout.last_hidden_state if kind == "siglip2" else None
+    loss = toy.image_objective(vm, pixels, tokens, torch.Generator().manual_seed(0))
+    loss.backward()
+    handle.remove()
+    g = captured["tokens"].grad
+    assert g is not None and g.shape == (4, 4, 32)
+    per_patch = g.abs().sum(-1)
+    if kind == "siglip2":
+        assert (per_patch > 0).all(), "every patch token gets gradient"
+    else:
+        mask_counts = (per_patch > 0).sum(1)
+        assert (mask_counts == 2).all(), "only the masked patches get gradient (ratio 0.5 of 4)"
+    for name, p in vm.encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert vm.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in toy.model.text_model.parameters())
+    # the attention-pooling head is not trained by the image objective
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in vm.head.parameters())
+
+
+def test_pixel_objective_is_the_patch_mse():
+    obj = PatchPixelObjective(hidden_size=12, patch_size=2, kind="pixel")
+    with torch.no_grad():
+        obj.head.weight.copy_(torch.eye(12))
+        obj.head.bias.zero_()
+    pixels = torch.randn(3, 3, 4, 4)
+    target = patchify(pixels, 2)
+    tokens = target + 0.5
+    assert obj.reconstruction_loss(tokens, pixels).item() == pytest.approx(0.25, rel=1e-6)
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    mask[:, 0] = True
+    tokens2 = target.clone()
+    tokens2[:, 1:] += 1.0  # errors only where unmasked
+    assert obj.reconstruction_loss(tokens2, pixels, mask).item() == pytest.approx(0.0, abs=1e-12)
