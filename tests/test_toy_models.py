@@ -179,7 +179,7 @@ def test_default_config_validates_and_names_every_toy_model():
 
 def test_config_typo_names_the_bad_key():
     raw = yaml.safe_load(open(os.path.join(ROOT, "config.yaml")))
-    raw["toy_models"]["clip-vit"]["train"]["stpes"] = 3
+    raw["toy_models"]["clip-vit"].setdefault("train", {})["stpes"] = 3
     with pytest.raises(ConfigError, match=r"toy_models\.clip-vit\.train.*stpes"):
         validate_config(raw)
 
