@@ -10,6 +10,12 @@ from cliplens.config import ConfigError, validate_config
 
 min_version("9.0")
 
+# HDF5's file locks fail or hang on many cluster filesystems (NFS, Lustre) and nothing here needs
+# them (outputs are written under a temporary name, then renamed).  Set while the workflow is
+# parsed, so every job has it: cluster jobs inherit it (the SLURM executor submits with
+# --export=ALL) and read this file again; export HDF5_USE_FILE_LOCKING yourself to override.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
 

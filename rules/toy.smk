@@ -37,8 +37,10 @@ rule train_toy_model:
     resources:
         mem_mb=6000,
         runtime=60,
+        gpu=gpu_claim(),
     params:
         name="{toy_model}",
         cfg=lambda w: config["toy_models"][w.toy_model],
+        device=config["device"],
     script:
         "../workflow_scripts/train_toy_model.py"

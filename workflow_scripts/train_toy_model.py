@@ -12,7 +12,7 @@ with job_log(snakemake.log[0]) as log:
     train = read_split(snakemake.input.data, "train", keys=("images",))
     val = read_split(snakemake.input.data, "val", keys=("images",))
     meta = train_toy_model(p.name, p.cfg, train, val, snakemake.output[0],
-                           device=getattr(p, "device", "cpu"))
+                           device=p.device)
     log.info("%s: %d steps in %.1f s (+%.1f s preparation), final loss %.4f, zero-shot on val %s",
              p.name, meta["steps"], meta["train_seconds"], meta["prep_seconds"],
              meta["final_loss"], meta.get("zeroshot"))
