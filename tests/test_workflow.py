@@ -2,12 +2,14 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +19,14 @@ def snakemake(workdir, *args, timeout=900):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
            *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_stats(text):
+    """{rule: count} from the 'Job stats' table snakemake prints (empty when nothing to do)."""
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", text, re.S)
+    if not m:
+        return {}
+    return {line.split()[0]: int(line.split()[1]) for line in m.group(1).strip().splitlines()}
 
 
 def test_default_config_plans(tmp_path):
@@ -60,3 +70,28 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Editing one value reruns exactly the jobs that depend on it (Snakemake's own dry run).
+    edits = {
+        "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
+                  {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
+                   "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
+        "templates": ({"zeroshot": {"templates": {"toy-colour": ["a {} blob"]}}},
+                      {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
+        "dtype": ({"cache": {"dtype": "float16"}},
+                  {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
+                   "zeroshot_figure": 1, "all": 1}),
+        "unused dataset": ({"toy": {"shift": {"n_per_year": 31}}}, {}),
+    }
+    for name, (edit, want) in edits.items():
+        override = tmp_path / f"edit-{name.replace(' ', '_')}.yaml"
+        override.write_text(yaml.safe_dump(edit))
+        dry = snakemake(tmp_path, "-n", "--cores", "2", "--configfile",
+                        str(ROOT / "configs/test.yaml"), str(override))
+        text = dry.stdout + dry.stderr
+        assert dry.returncode == 0, text
+        assert job_stats(text) == want, (name, job_stats(text))
+        if name == "width":  # the retrained model is clip-vit, not siglip2-32
+            assert "toy_model=clip-vit" in text and "toy_model=siglip2-32" not in text
+        if name == "templates":
+            assert "task=toy-colour" in text and "task=toy-shape" not in text
