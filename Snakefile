@@ -20,6 +20,9 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 try:
     validate_config(config)
 except ConfigError as err:

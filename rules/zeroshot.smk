@@ -59,7 +59,11 @@ rule zeroshot_figure:
     input:
         f"{R}/tables/zeroshot.csv",
     output:
-        f"{R}/figures/zeroshot.png",
+        report(
+            f"{R}/figures/zeroshot.png",
+            caption="../report/zeroshot.rst",
+            category="Zero-shot",
+        ),
     log:
         f"{R}/logs/zeroshot_figure.log",
     conda:

@@ -71,6 +71,15 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # The report holds the figure with a caption naming the config that produced it.
+    report = tmp_path / "report.html"
+    rep = snakemake(tmp_path, "--cores", "1", "--configfile", str(ROOT / "configs/test.yaml"),
+                    "--report", str(report))
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    html = report.read_text()
+    assert "zeroshot.png" in html
+    assert "Produced with models ['toy:clip-vit', 'toy:siglip2-32']" in html
+
     # Editing one value reruns exactly the jobs that depend on it (Snakemake's own dry run).
     edits = {
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
