@@ -15,29 +15,31 @@ MANUAL_DATASETS = [n for n, e in DATA_CATALOG.items() if e.get("manual")]
 
 # dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``
 # (toy: its .h5; real: its .ready marker, or for COCO only the archives of ``split``).
-dataset_inputs = lambda name, split=None: dataset_targets(name, split, results=R, resources=RES)
+dataset_inputs = lambda name, split=None: dataset_targets(
+    name, split, results=R, resources=RES
+)
 
 
 rule download_file:
     output:
         f"{RES}/downloads/{{file}}",
+    log:
+        f"{R}/logs/download_file/{{file}}.log",
+    wildcard_constraints:
+        file=wildcard_alternatives(DATA_FILES),
+    retries: 2
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=360,
     params:
         url=lambda w: DATA_FILES[w.file]["url"],
         mirrors=lambda w: list(DATA_FILES[w.file].get("mirrors", [])),
         sha256=lambda w: DATA_FILES[w.file].get("sha256"),
         md5=lambda w: DATA_FILES[w.file].get("md5"),
         size=lambda w: DATA_FILES[w.file].get("size"),
-    log:
-        f"{R}/logs/download_file/{{file}}.log",
-    wildcard_constraints:
-        file=wildcard_alternatives(DATA_FILES),
-    retries: 2
-    threads: 1
-    conda:
-        "../envs/cliplens.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=360,
     script:
         "../workflow_scripts/download.py"
 
@@ -47,22 +49,22 @@ rule extract_archive:
         f"{RES}/downloads/{{file}}",
     output:
         f"{RES}/datasets/{{dataset}}/.extracted/{{file}}",
-    params:
-        action="extract",
-        file="{file}",
-        name="{dataset}",
-        root=f"{RES}/datasets/{{dataset}}",
     log:
         f"{R}/logs/extract_archive/{{dataset}}/{{file}}.log",
     wildcard_constraints:
         dataset=wildcard_alternatives(AUTO_DATASETS),
         file=wildcard_alternatives(DATA_FILES),
-    threads: 1
     conda:
         "../envs/cliplens.yaml"
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=120,
+    params:
+        action="extract",
+        file="{file}",
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
     script:
         "../workflow_scripts/prepare_dataset.py"
 
@@ -75,20 +77,20 @@ rule prepare_dataset:
         ],
     output:
         f"{RES}/datasets/{{dataset}}/.ready",
-    params:
-        action="finish",
-        name="{dataset}",
-        root=f"{RES}/datasets/{{dataset}}",
     log:
         f"{R}/logs/prepare_dataset/{{dataset}}.log",
     wildcard_constraints:
         dataset=wildcard_alternatives(AUTO_DATASETS),
-    threads: 1
     conda:
         "../envs/cliplens.yaml"
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=60,
+    params:
+        action="finish",
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
     script:
         "../workflow_scripts/prepare_dataset.py"
 
@@ -97,18 +99,18 @@ rule prepare_dataset:
 rule check_manual_dataset:
     output:
         f"{RES}/datasets/{{dataset}}/.ready",
-    params:
-        name="{dataset}",
-        root=f"{RES}/datasets/{{dataset}}",
     log:
         f"{R}/logs/check_manual_dataset/{{dataset}}.log",
     wildcard_constraints:
         dataset=wildcard_alternatives(MANUAL_DATASETS),
-    threads: 1
     conda:
         "../envs/cliplens.yaml"
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=120,
+    params:
+        name="{dataset}",
+        root=f"{RES}/datasets/{{dataset}}",
     script:
         "../workflow_scripts/check_manual.py"
