@@ -97,6 +97,24 @@ def batch_bounds(start: int, stop: int, batch_size: int) -> list[tuple[int, int]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
+def prefetched_batches(dataset: ImageDataset, model: ClipModel, bounds: Sequence[tuple[int, int]]):
+    """Yield ``((a, b), pixels)`` for each row range in ``bounds``, where ``pixels`` =
+    ``model.preprocess(dataset.images(a, b))`` [b-a, 3, S, S].  The next batch is read and
+    preprocessed in a background thread while the caller encodes the current one, so at most two
+    batches are in memory."""
+
+    def load(ab: tuple[int, int]) -> torch.Tensor:
+        return model.preprocess(dataset.images(*ab))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, bounds[0]) if bounds else None
+        for k, ab in enumerate(bounds):
+            pixels = pending.result()
+            if k + 1 < len(bounds):
+                pending = pool.submit(load, bounds[k + 1])
+            yield ab, pixels
+
+
 def _chunk_rows(n: int, dim: int, itemsize: int) -> int:
     return max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
 
@@ -166,9 +184,6 @@ def extract_embeddings(
     device = model.device
     bounds = batch_bounds(start, stop, batch_size)
 
-    def load(ab: tuple[int, int]) -> torch.Tensor:
-        return model.preprocess(dataset.images(*ab))
-
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
         set_provenance(h5, provenance)
         emb = _create_rows(h5, "embeddings", (n, dim), dtype, fill=np.nan)
@@ -177,12 +192,8 @@ def extract_embeddings(
             h5.create_dataset("labels", data=labels[start:stop].astype(np.int64))
         bar = tqdm(total=n, unit="img", desc=f"embed {provenance.get('model', '?')}",
                    disable=not progress, mininterval=2.0)
-        with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(load, bounds[0]) if bounds else None
-            for k, (a, b) in enumerate(bounds):
-                pixels = pending.result()
-                if k + 1 < len(bounds):
-                    pending = pool.submit(load, bounds[k + 1])
+        with torch.inference_mode():
+            for (a, b), pixels in prefetched_batches(dataset, model, bounds):
                 out = model.encode_image(pixels.to(device), normalize=normalize)
                 if tuple(out.shape) != (b - a, dim):
                     raise RuntimeError(

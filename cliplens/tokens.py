@@ -40,7 +40,6 @@ for other datasets the same transforms of :mod:`cliplens.toyworld` are applied o
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,7 +50,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import toyworld
-from .cache import _check_sources, _create_rows, batch_bounds, gather_shards
+from .cache import (
+    _check_sources,
+    _create_rows,
+    batch_bounds,
+    gather_shards,
+    prefetched_batches,
+)
 from .data.base import ImageDataset
 from .io import (
     ProvenanceError,
@@ -327,9 +332,6 @@ def extract_tokens(
     labels = getattr(dataset, "labels", None)
     bounds = batch_bounds(start, stop, batch_size)
 
-    def load(ab):
-        return model.preprocess(dataset.images(*ab))
-
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
         arr = None
         if n == 0:  # shape unknown without a forward pass: run one on a blank image
@@ -342,12 +344,8 @@ def extract_tokens(
             h5.create_dataset("labels", data=np.asarray(labels)[start:stop].astype(np.int64))
         bar = tqdm(total=n, unit="img", desc=f"tokens {provenance.get('model')}",
                    disable=not progress, mininterval=2.0)
-        with torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(load, bounds[0]) if bounds else None
-            for k, (a, b) in enumerate(bounds):
-                pixels = pending.result()
-                if k + 1 < len(bounds):
-                    pending = pool.submit(load, bounds[k + 1])
+        with torch.inference_mode():
+            for (a, b), pixels in prefetched_batches(dataset, model, bounds):
                 tok = encode_tokens(model, pixels, layer)
                 if arr is None:
                     arr = _create_rows(h5, ROW_KEY, (n,) + tuple(tok.shape[1:]), dtype,

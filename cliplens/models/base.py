@@ -69,6 +69,11 @@ class ClipModel(abc.ABC):
         """exp of the learned temperature (for contrastive logits)."""
         return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
 
+    def logit_bias(self) -> float | None:
+        """SigLIP's additive logit bias b (logits = scale * cos + b); None for softmax CLIP."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach().reshape(-1)[0])
+
     def provenance(self) -> dict[str, Any]:
         """What a cache built with this model records and later checks."""
         return {

@@ -198,12 +198,7 @@ class HFClipModel(ClipModel):
         """``vision_model.encoder.layers`` (the same path in CLIP, SigLIP and SigLIP2)."""
         return list(self.model.vision_model.encoder.layers)
 
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
 
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.detach().reshape(-1)[0])
 
     def provenance(self) -> dict[str, Any]:
         proc = self.image_processor

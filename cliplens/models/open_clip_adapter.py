@@ -95,13 +95,7 @@ class OpenClipModel(ClipModel):
                 return list(getattr(trunk, attr))
         raise TypeError(f"{self.spec}: no known block structure in {type(visual).__name__}")
 
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp().reshape(-1)[0])
 
-    def logit_bias(self) -> float | None:
-        """SigLIP-style additive bias of the logits (None for softmax CLIP)."""
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.detach().reshape(-1)[0])
 
     def provenance(self) -> dict[str, Any]:
         cfg = self.preprocess_cfg
