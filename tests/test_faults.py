@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = "results/models/toy/clip-vit"
 SLOW = {"toy": {"splits": {"train": 600, "val": 100, "test": 100}},
-        "toy_models": {"clip-vit": {"train": {"steps": 60, "batch_size": 64}}}}
+        "toy_models": {"clip-vit": {"train": {"steps": 1000, "batch_size": 64}}}}
 
 
 def start(workdir, override, *extra):
@@ -35,7 +35,7 @@ def test_killed_training_job_reruns_to_the_uninterrupted_result(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and "train clip-vit" in log.read_text(errors="replace"):
-            time.sleep(2.0)  # well inside the 60 steps
+            time.sleep(1.0)  # well inside the 1000 steps (about 30 s on a fast 2-core machine)
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the job finished before it could be killed:\n" + proc.stdout.read()
