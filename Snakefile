@@ -34,9 +34,13 @@ include: "rules/data.smk"
 include: "rules/toy.smk"
 include: "rules/cache.smk"
 include: "rules/zeroshot.smk"
+include: "rules/inversion.smk"
 
 
 rule all:
     input:
         f"{R}/tables/zeroshot.csv",
         f"{R}/figures/zeroshot.png",
+        f"{R}/figures/v1_vs_v2.png",
+        f"{R}/figures/reconstructions.png",
+        [f"{R}/figures/{task}.png" for task in INV_OPS["tasks"]],

@@ -738,12 +738,7 @@ def summarise_similarity(per_image, extractors: Mapping[str, Mapping[str, Any]])
 # ---------------------------------------------------------------------------------------------
 # colour operators
 
-#: task -> (source view, target view, title)
-OPERATOR_TASKS = {
-    "rb_swap": ("images", "images_rb_swap", "R<->B channel swap"),
-    "b_suppression": ("images", "images_b_suppressed", "blue-channel suppression"),
-    "colorization": ("images_gray", "images", "colourisation (grayscale -> colour)"),
-}
+OPERATOR_TASKS = ops.OPERATOR_TASKS
 
 
 def _normed(x: np.ndarray, dtype=np.float64) -> np.ndarray:
@@ -961,50 +956,63 @@ def plot_operator_figure(task: str, rows, arrays: Mapping[str, np.ndarray],
     cols = [("source image\n" + src, arrays[f"{task}/source"]),
             ("truly transformed\n" + tgt, arrays[f"{task}/target"])]
     names = {"none": "recon f(source)\n(no operator)", "true": "recon f(transformed)\n(ceiling)"}
+    cols[0] = (cols[0][0] + "\n\n\n", cols[0][1])
+    cols[1] = (cols[1][0] + "\n\n\n", cols[1][1])
     for kind in ["none", "true", *kinds]:
         r = by_kind[kind]
-        label = names.get(kind, f"recon {kind}(f(source))")
-        cols.append((f"{label}\nR²={r['r2']:.3f}  MSE→t={r['mse_vs_transformed']:.4f}\n"
-                     f"MSE→s={r['mse_vs_original']:.4f}", arrays[f"{task}/recon/{kind}"]))
+        label = names.get(kind, f"recon of\n{kind}(f(source))")
+        cols.append((f"{label}\nfeature R² = {r['r2']:.3f}\nMSE→t = {r['mse_vs_transformed']:.4f}"
+                     f"\nMSE→s = {r['mse_vs_original']:.4f}", arrays[f"{task}/recon/{kind}"]))
     k = len(cols[0][1])
-    extra = 1 if eigen_kinds else 0
-    fig = plt.figure(figsize=(1.75 * len(cols) + 4.2 * extra, 1.6 * k + 1.6))
-    gs = fig.add_gridspec(k, len(cols) + 3 * extra)
+    w_img = 1.45 * len(cols)
+    w_eig = 4.6 if eigen_kinds else 0.0
+    fig = plt.figure(figsize=(w_img + w_eig, 1.4 * k + 1.7))
+    if eigen_kinds:
+        left, right = fig.subfigures(1, 2, width_ratios=[w_img, w_eig], wspace=0.02)
+    else:
+        left, right = fig, None
+    axes = left.subplots(k, len(cols), squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.05})
     for j, (label, imgs) in enumerate(cols):
         for i in range(k):
-            ax = fig.add_subplot(gs[i, j])
+            ax = axes[i, j]
             ax.imshow(imgs[i], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(label, fontsize=6.5)
-    if eigen_kinds:
-        ax = fig.add_subplot(gs[:, len(cols):])
+                ax.set_title(label, fontsize=6)
+    if right is not None:
+        ax = right.subplots()
         t = np.linspace(0, 2 * np.pi, 400)
         ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8, label="unit circle")
         markers = {"procrustes": "o", "symmetric": "s", "linear": "^", "affine": "v"}
+        sizes = {"symmetric": 40}
+        colours = {"procrustes": "tab:blue", "symmetric": "tab:orange", "linear": "tab:green",
+                   "affine": "tab:red"}
         for kind in eigen_kinds:
             key = f"{task}/{kind}/eig"
             if key not in arrays:
                 continue
             lam = arrays[key]
             r = by_kind[kind]
-            ax.scatter(lam.real, lam.imag, s=12, alpha=0.6, marker=markers.get(kind, "o"),
-                       label=f"{kind}: {r['eig_near_plus_one']} near +1, "
-                             f"{r['eig_near_minus_one']} near −1 (of {r['eig_n']})")
+            c = colours.get(kind, "tab:gray")
+            ax.scatter(lam.real, lam.imag, s=sizes.get(kind, 12), alpha=0.6,
+                       marker=markers.get(kind, "o"),
+                       facecolors="none" if kind == "symmetric" else c, edgecolors=c,
+                       label=f"{kind}: {int(r['eig_near_plus_one'])} near +1, "
+                             f"{int(r['eig_near_minus_one'])} near −1 "
+                             f"(of {int(r['eig_n'])}; |λ±1| < 0.1)")
         ax.axhline(0, color="0.8", lw=0.5)
         ax.axvline(0, color="0.8", lw=0.5)
         ax.set_aspect("equal")
         ax.set_xlabel("Re λ")
         ax.set_ylabel("Im λ")
-        ax.set_title("eigenvalues of the fitted operators\n(an involution has λ = ±1)",
+        ax.set_title("eigenvalues of the fitted operators W\n(an involution has λ = ±1)",
                      fontsize=8)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.suptitle(f"{title} in feature space{f' of {model}' if model else ''}: operators fitted on "
                  "train token pairs, shown on held-out images\n(R² of operated vs true "
                  "transformed features; MSE of reconstructions against the transformed (→t) and "
                  "the source (→s) image)", fontsize=9)
-    fig.tight_layout()
     _save_fig(fig, out_path)
 
 

@@ -170,6 +170,14 @@ def fit_operator(kind: str, stats: PairStats, ridge: float = 0.0
 
 OPERATOR_KINDS = ("procrustes", "symmetric", "linear", "affine")
 
+#: colour-operator task -> (source image view, target image view, title); the views are the
+#: image arrays of toy-colour-ops (cliplens.tokens.VIEW_KEYS)
+OPERATOR_TASKS = {
+    "rb_swap": ("images", "images_rb_swap", "R<->B channel swap"),
+    "b_suppression": ("images", "images_b_suppressed", "blue-channel suppression"),
+    "colorization": ("images_gray", "images", "colourisation (grayscale -> colour)"),
+}
+
 
 def apply_map(X: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Y_hat = X W + b for X [..., d] (works on token grids [N, P, d] as well)."""

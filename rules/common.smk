@@ -2,7 +2,10 @@
 from pathlib import Path
 
 from cliplens.data.registry import get_task
+from cliplens.inversion import extractor_group
+from cliplens.operators import OPERATOR_TASKS
 from cliplens.specs import parse_model_spec, slugify, unslugify
+from cliplens.tokens import VIEW_KEYS
 
 R = config["results"]
 RES = config["resources"]
@@ -127,6 +130,93 @@ def zeroshot_json_paths():
         model=[model_slug(m) for m in config["zeroshot"]["models"]],
         task=config["zeroshot"]["tasks"],
     )
+
+
+# ---- study 000: inversion (rules/inversion.smk)
+INV = config["inversion"]
+INV_OPS = INV["operators"]
+INV_VIEWS = list(VIEW_KEYS)
+INV_OP_SLUG = model_slug(INV_OPS["model"])
+
+
+def _toy_family(spec):
+    p = parse_model_spec(spec)
+    if p.scheme == "toy" and p.name in config["toy_models"]:
+        return config["toy_models"][p.name]["family"]
+    return None
+
+
+def inv_group(spec):
+    """Label of extractor ``spec`` in v1_vs_v2.png (config inversion.groups, else by name)."""
+    return extractor_group(spec, _toy_family(spec), INV["groups"])
+
+
+def token_cache_path(slug, dataset, split, key="images", rows=None):
+    """The gathered token cache of one image view of (model slug, dataset, split), first
+    ``rows`` images (None = all), at config inversion.layer."""
+    rows = "all" if rows is None else int(rows)
+    return (
+        f"{R}/cache/{slug}/{dataset}/{split}/tokens/{key}.layer{INV['layer']}.{rows}.h5"
+    )
+
+
+def token_shard_paths(wildcards):
+    w = wildcards
+    n = INV["token_shards"] or config["cache"]["shards"]
+    return [
+        f"{R}/cache/{w.model}/{w.dataset}/{w.split}/tokens/shards/"
+        f"{w.key}.layer{w.layer}.{w.rows}.{i}-of-{n}.h5"
+        for i in range(n)
+    ]
+
+
+def inv_train_tokens(wildcards):
+    """The training token cache of a reconstructor, or nothing when tokens are computed online."""
+    if INV["train_tokens"] != "cache":
+        return []
+    return token_cache_path(
+        wildcards.model, INV["dataset"], INV["train_split"], rows=INV["train_images"]
+    )
+
+
+def inv_data(dataset, *splits):
+    """What a job must wait for before opening ``dataset`` at each of ``splits``."""
+    out = []
+    for split in splits:
+        out += list(dataset_inputs(dataset, split))
+    return list(dict.fromkeys(out))
+
+
+def inv_heldout():
+    return [f"{R}/inversion/{model_slug(s)}/heldout.h5" for s in INV["extractors"]]
+
+
+def inv_train_threads(wildcards):
+    """Torch threads of a reconstructor's training: 1 beside a toy extractor (several train side
+    by side), config inversion.train.threads beside a real one."""
+    return (
+        1 if model_spec(wildcards.model).startswith("toy:") else INV["train"]["threads"]
+    )
+
+
+def inv_scorer_threads(wildcards):
+    return 1 if model_spec(wildcards.scorer).startswith("toy:") else 8
+
+
+def inv_blue_factor(wildcards):
+    """Blue multiplier of an on-the-fly blue suppression; only that view depends on it."""
+    return INV_OPS["blue_factor"] if wildcards.key == "images_b_suppressed" else 0.0
+
+
+def inv_op_caches(split, rows):
+    """View key -> token cache of the operator extractor that the configured tasks need."""
+    views = []
+    for task in INV_OPS["tasks"]:
+        views += OPERATOR_TASKS[task][:2]
+    return {
+        k: token_cache_path(INV_OP_SLUG, INV_OPS["dataset"], split, k, rows)
+        for k in dict.fromkeys(views)
+    }
 
 
 wildcard_constraints:

@@ -238,3 +238,28 @@ def test_operator_evaluation_on_an_exact_rotation():
     assert by["procrustes"]["eig_mean_modulus"] == pytest.approx(1.0)
     assert arrays["rb_swap/recon/linear"].shape == (2, 32, 32, 3)
     assert arrays["rb_swap/procrustes/eig"].shape == (D,)
+
+
+def test_online_source_encodes_the_pixels_it_serves(tmp_path):
+    from test_tokens import ArrayDataset, tiny_siglip
+
+    from cliplens.tokens import encode_tokens
+
+    model = tiny_siglip()
+    ds = ArrayDataset(np.random.default_rng(0).integers(0, 256, (10, 40, 40, 3), dtype=np.uint8))
+    targets = inv.target_transform(model)
+
+    def encode(px):
+        return encode_tokens(model, px, -2)
+
+    src = PairSource(None, ds, targets, encode=encode)
+    px, tgt = src[[3, 1]]
+    assert torch.equal(px, model.preprocess(ds.images(3, 4) + ds.images(1, 2)))
+    assert torch.allclose(tgt, px, atol=1e-6)  # SigLIP: mean = std = 0.5, so the target is the input
+    with torch.no_grad():
+        assert torch.allclose(src.tokens([3, 1]), encode(px), atol=1e-6)
+    net = Reconstructor(32, (4, 4), 32, **TINY)
+    rec = train_reconstructor(net, src, steps=3, batch_size=4, lr=1e-3, progress=False,
+                              checkpoint_dir=tmp_path)
+    assert rec["steps"] == 3 and np.isfinite(rec["final_loss"])
+    assert not torch.equal(net.token_whiten, torch.eye(32))  # whitening fitted on encoded tokens

@@ -44,6 +44,12 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
     text = out.stdout + out.stderr
     assert "imagenet" in text and "ViT-B-16" in text
+    # study 000 as published: one reconstructor per extractor (4 SigLIP + 4 SigLIP2), trained
+    # on COCO train2017 with online tokens (no token cache of train2017), two scorers
+    stats = job_stats(text)
+    assert stats["inversion_train"] == 8 and stats["inversion_score"] == 2, stats
+    assert "siglip2-base-patch16-512" in text and "train2017" in text
+    assert "coco2017/train/tokens/images.layer-2.all" not in text
     assert elapsed < 60, elapsed
 
 
@@ -66,6 +72,29 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         assert 0.0 <= float(r["top1"]) <= 1.0
     assert (tmp_path / "results/figures/zeroshot.png").stat().st_size > 10_000
     assert (tmp_path / "results/cache/toy--clip-vit/toy/test/embeddings.h5").exists()
+
+    # Study 000: both extractors reconstructed, scored by the scorer in both variants.
+    sim = list(csv.DictReader((tmp_path / "results/tables/inversion_similarity.csv").open()))
+    assert {(r["extractor"], r["variant"]) for r in sim} == {
+        (e, v) for e in ("toy:siglip-32", "toy:siglip2-32") for v in ("grayscale", "colour")}
+    for r in sim:
+        assert r["scorer"] == "toy:clip-vit" and int(r["n"]) == 40
+        assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+        assert -1.0 <= float(r["mean"]) <= 1.0
+    diff = list(csv.DictReader((tmp_path / "results/tables/inversion_v1_vs_v2.csv").open()))
+    assert {(r["first"], r["second"], r["resolution"]) for r in diff} == {
+        ("toy:siglip-32", "toy:siglip2-32", "32")}
+    ops = list(csv.DictReader((tmp_path / "results/tables/inversion_operators.csv").open()))
+    kinds = {(r["task"], r["kind"]) for r in ops}
+    assert {("rb_swap", "procrustes"), ("rb_swap", "symmetric"), ("rb_swap", "linear"),
+            ("b_suppression", "linear"), ("colorization", "linear")} <= kinds
+    for r in ops:
+        if r["kind"] == "true":  # the truly transformed features explain themselves
+            assert float(r["r2"]) == pytest.approx(1.0)
+    for fig in ("v1_vs_v2", "reconstructions", "rb_swap", "b_suppression", "colorization"):
+        assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 10_000, fig
+    samples = list((tmp_path / "results/inversion/toy--siglip2-32/checkpoints").rglob("*.png"))
+    assert samples, "no sample grids were written during training"
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
@@ -85,13 +114,20 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     edits = {
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
                   {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
-                   "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
+                   "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
+                   "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1, "all": 1}),
         "templates": ({"zeroshot": {"templates": {"toy-colour": ["a {} blob"]}}},
                       {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
         "dtype": ({"cache": {"dtype": "float16"}},
                   {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
                    "zeroshot_figure": 1, "all": 1}),
         "unused dataset": ({"toy": {"shift": {"n_per_year": 31}}}, {}),
+        # a reconstructor setting retrains both reconstructors but re-extracts no tokens
+        "inversion steps": ({"inversion": {"train": {"steps": 21}}},
+                            {"inversion_train": 2, "inversion_reconstruct": 2, "inversion_score": 1,
+                             "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
+                             "inversion_reconstructions_figure": 1, "inversion_operators": 1,
+                             "inversion_operator_figures": 1, "all": 1}),
     }
     for name, (edit, want) in edits.items():
         override = tmp_path / f"edit-{name.replace(' ', '_')}.yaml"

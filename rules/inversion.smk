@@ -1,0 +1,307 @@
+# Study 000: image reconstruction from patch tokens (SigLIP vs SigLIP2) and colour operators.
+#
+#   {R}/cache/{model}/{dataset}/{split}/tokens/{key}.layer{layer}.{rows}.h5   token caches
+#       (sharded like the embedding caches: tokens/shards/...{i}-of-{n}.h5, joined by a VDS);
+#       key = image view (images, images_rb_swap, images_b_suppressed, images_gray),
+#       rows = all | N (the first N images of the split)
+#   {R}/inversion/{model}/reconstructor.{safetensors,json}    one reconstructor per extractor
+#   {R}/inversion/{model}/checkpoints/                        resumable checkpoints, samples/*.png
+#   {R}/inversion/{model}/heldout.h5                          reconstructions of held-out images
+#   {R}/inversion/scores/{scorer}.csv                         per-image similarities per scorer
+#   {R}/tables/inversion_similarity{,_per_image}.csv, inversion_v1_vs_v2.csv
+#   {R}/figures/v1_vs_v2.png, reconstructions.png
+#   {R}/inversion/{model}/operators.npz, {R}/tables/inversion_operators.csv
+#   {R}/figures/rb_swap.png, b_suppression.png, colorization.png
+#
+# Jobs that run a model claim gpu=gpu_claim() (rules/cache.smk): 0 when device is "cpu".
+
+# Helpers (INV, token_cache_path, inv_* ...) live in rules/common.smk.
+
+
+rule inversion_token_shard:
+    input:
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(w.dataset, w.split),
+    output:
+        f"{R}/cache/{{model}}/{{dataset}}/{{split}}/tokens/shards/{{key}}.layer{{layer}}.{{rows}}.{{i}}-of-{{n}}.h5",
+    log:
+        f"{R}/logs/inversion_token_shard/{{model}}/{{dataset}}/{{split}}/{{key}}.layer{{layer}}.{{rows}}.{{i}}-of-{{n}}.log",
+    benchmark:
+        f"{R}/benchmarks/inversion_token_shard/{{model}}/{{dataset}}/{{split}}/{{key}}.layer{{layer}}.{{rows}}.{{i}}-of-{{n}}.tsv"
+    wildcard_constraints:
+        key="|".join(INV_VIEWS),
+        layer=r"-?\d+",
+        rows=r"all|\d+",
+        i=r"\d+",
+        n=r"\d+",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: cache_threads
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=gpu_claim(),
+    params:
+        spec=lambda w: model_spec(w.model),
+        load=load_params(),
+        dataset="{dataset}",
+        split="{split}",
+        key="{key}",
+        layer=lambda w: int(w.layer),
+        rows="{rows}",
+        shard=lambda w: int(w.i),
+        n_shards=lambda w: int(w.n),
+        batch_size=config["cache"]["batch_size"],
+        dtype=INV["token_dtype"],
+        blue_factor=inv_blue_factor,
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_tokens.py"
+
+
+rule inversion_token_gather:
+    input:
+        token_shard_paths,
+    output:
+        f"{R}/cache/{{model}}/{{dataset}}/{{split}}/tokens/{{key}}.layer{{layer}}.{{rows}}.h5",
+    log:
+        f"{R}/logs/inversion_token_gather/{{model}}/{{dataset}}/{{split}}/{{key}}.layer{{layer}}.{{rows}}.log",
+    wildcard_constraints:
+        key="|".join(INV_VIEWS),
+        layer=r"-?\d+",
+        rows=r"all|\d+",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/gather_cache.py"
+
+
+rule inversion_train:
+    input:
+        tokens=inv_train_tokens,
+        model=lambda w: model_inputs(w.model),
+        data=inv_data(INV["dataset"], INV["train_split"], INV["eval_split"]),
+    output:
+        weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
+        meta=f"{R}/inversion/{{model}}/reconstructor.json",
+    log:
+        f"{R}/logs/inversion_train/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/inversion_train/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: inv_train_threads
+    resources:
+        mem_mb=8000,
+        runtime=1440,
+        gpu=gpu_claim(),
+    params:
+        spec=lambda w: model_spec(w.model),
+        load=load_params(),
+        dataset=INV["dataset"],
+        train_split=INV["train_split"],
+        eval_split=INV["eval_split"],
+        train_images=INV["train_images"],
+        train_tokens=INV["train_tokens"],
+        layer=INV["layer"],
+        reconstructor=INV["reconstructor"],
+        train=INV["train"],
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_train.py"
+
+
+rule inversion_reconstruct:
+    input:
+        weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
+        meta=f"{R}/inversion/{{model}}/reconstructor.json",
+        model=lambda w: model_inputs(w.model),
+        data=inv_data(INV["dataset"], INV["eval_split"]),
+    output:
+        f"{R}/inversion/{{model}}/heldout.h5",
+    log:
+        f"{R}/logs/inversion_reconstruct/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/inversion_reconstruct/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: cache_threads
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_claim(),
+    params:
+        spec=lambda w: model_spec(w.model),
+        load=load_params(),
+        dataset=INV["dataset"],
+        split=INV["eval_split"],
+        n_images=INV["similarity"]["n_images"],
+        layer=INV["layer"],
+        group=lambda w: inv_group(model_spec(w.model)),
+        batch_size=INV["similarity"]["batch_size"],
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_reconstruct.py"
+
+
+rule inversion_score:
+    input:
+        heldout=inv_heldout(),
+        model=lambda w: model_inputs(w.scorer),
+        data=inv_data(INV["dataset"], INV["eval_split"]),
+    output:
+        f"{R}/inversion/scores/{{scorer}}.csv",
+    log:
+        f"{R}/logs/inversion_score/{{scorer}}.log",
+    benchmark:
+        f"{R}/benchmarks/inversion_score/{{scorer}}.tsv"
+    wildcard_constraints:
+        scorer=r"[A-Za-z0-9._@+-]+",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: inv_scorer_threads
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_claim(),
+    params:
+        scorer=lambda w: model_spec(w.scorer),
+        load=load_params(),
+        variants=INV["similarity"]["variants"],
+        batch_size=INV["similarity"]["batch_size"],
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_score.py"
+
+
+rule inversion_similarity_table:
+    input:
+        [
+            f"{R}/inversion/scores/{model_slug(s)}.csv"
+            for s in INV["similarity"]["scorers"]
+        ],
+    output:
+        summary=f"{R}/tables/inversion_similarity.csv",
+        per_image=f"{R}/tables/inversion_similarity_per_image.csv",
+        diff=f"{R}/tables/inversion_v1_vs_v2.csv",
+    log:
+        f"{R}/logs/inversion_similarity_table/log.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        extractors=INV["extractors"],
+    script:
+        "../workflow_scripts/inversion_table.py"
+
+
+rule inversion_v1_vs_v2_figure:
+    input:
+        f"{R}/tables/inversion_similarity.csv",
+    output:
+        f"{R}/figures/v1_vs_v2.png",
+    log:
+        f"{R}/logs/inversion_v1_vs_v2_figure/log.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        layer=INV["layer"],
+        dataset=INV["dataset"],
+        split=INV["eval_split"],
+    script:
+        "../workflow_scripts/inversion_v1_vs_v2.py"
+
+
+rule inversion_reconstructions_figure:
+    input:
+        heldout=inv_heldout(),
+        data=inv_data(INV["dataset"], INV["eval_split"]),
+    output:
+        f"{R}/figures/reconstructions.png",
+    log:
+        f"{R}/logs/inversion_reconstructions_figure/log.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        n_images=INV["figure"]["n_images"],
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_reconstructions.py"
+
+
+rule inversion_operators:
+    input:
+        train=list(
+            inv_op_caches(INV_OPS["train_split"], INV_OPS["train_images"]).values()
+        ),
+        test=list(inv_op_caches(INV_OPS["test_split"], INV_OPS["test_images"]).values()),
+        weights=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.safetensors",
+        meta=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.json",
+        model=model_inputs(INV_OP_SLUG),
+        data=inv_data(INV_OPS["dataset"], INV_OPS["test_split"]),
+    output:
+        arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
+        table=f"{R}/tables/inversion_operators.csv",
+    log:
+        f"{R}/logs/inversion_operators/log.log",
+    benchmark:
+        f"{R}/benchmarks/inversion_operators/log.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_claim(),
+    params:
+        spec=INV_OPS["model"],
+        load=load_params(),
+        train_caches=inv_op_caches(INV_OPS["train_split"], INV_OPS["train_images"]),
+        test_caches=inv_op_caches(INV_OPS["test_split"], INV_OPS["test_images"]),
+        dataset=INV_OPS["dataset"],
+        test_split=INV_OPS["test_split"],
+        test_images=INV_OPS["test_images"],
+        blue_factor=INV_OPS["blue_factor"],
+        tasks=INV_OPS["tasks"],
+        ridge=INV_OPS["ridge"],
+        n_examples=INV_OPS["n_examples"],
+        layer=INV["layer"],
+        roots=data_roots,
+    script:
+        "../workflow_scripts/inversion_operators.py"
+
+
+rule inversion_operator_figures:
+    input:
+        arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
+        table=f"{R}/tables/inversion_operators.csv",
+    output:
+        [f"{R}/figures/{t}.png" for t in INV_OPS["tasks"]],
+    log:
+        f"{R}/logs/inversion_operator_figures/log.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        tasks=list(INV_OPS["tasks"]),
+        model=INV_OPS["model"],
+    script:
+        "../workflow_scripts/inversion_operator_figures.py"
