@@ -2,6 +2,10 @@
 
     python benchmarks/train_toy_models.py [--config config.yaml] [--data results/data/toy/toy.h5]
         [--models clip-vit siglip-32 ...] [--threads 2] [--json out.json] [--save-root DIR]
+        [--set clip-vit.vision.pos_embed=sin_cos_2d --set clip-vit.train.steps=600 ...]
+
+``--set NAME.KEY.SUBKEY=VALUE`` (VALUE parsed as YAML) overrides one key of ``toy_models.NAME``
+for this run only, to try a recipe without editing the config.
 
 Without ``--data`` the toy world is drawn from the config's ``toy`` section first (about 25 s).
 Accuracies are zero-shot top-1 on the toy *test* split with the toy world's class names and
@@ -32,6 +36,20 @@ FACTORS = ("colour", "shape", "position", "size")
 TARGETS = {"colour": 0.95, "shape": 0.85, "position": 0.90, "size": 0.90}
 
 
+def apply_override(toy_models: dict, item: str) -> None:
+    """``NAME.KEY.SUBKEY=VALUE`` -> ``toy_models[NAME][KEY][SUBKEY] = yaml(VALUE)``."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    parts = key.split(".")
+    if not sep or len(parts) < 2 or parts[0] not in toy_models:
+        raise SystemExit(f"--set {item!r}: want NAME.KEY=VALUE with NAME one of {list(toy_models)}")
+    node = toy_models[parts[0]]
+    for p in parts[1:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = yaml.safe_load(value)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
@@ -41,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here as JSON")
     ap.add_argument("--save-root", default=None, help="also save each model under DIR/NAME")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
+                    help="override toy_models.NAME.KEY (dotted; VALUE is YAML), repeatable")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -56,6 +76,8 @@ def main(argv=None) -> int:
     train = read_split(data, "train", keys=("images",))
     val = read_split(data, "val", keys=("images",))
     test = read_split(data, "test", keys=("images",))
+    for item in args.set:
+        apply_override(cfg["toy_models"], item)
     names = args.models or list(cfg["toy_models"])
 
     rows = []

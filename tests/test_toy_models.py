@@ -46,6 +46,9 @@ _TINY_TRAIN = {"steps": 5, "batch_size": 32, "lr": 0.003, "warmup": 0.2, "seed":
 TINY = {
     "clip-vit": {"library": "open_clip", "family": "clip", "arch": "vit", "image_size": 16,
                  "embed_dim": 32, "vision": _TINY_VIT, "text": _TINY_TEXT, "train": _TINY_TRAIN},
+    "clip-vit-sincos": {"library": "open_clip", "family": "clip", "arch": "vit", "image_size": 16,
+                        "embed_dim": 32, "vision": dict(_TINY_VIT, patch_size=4, pos_embed="sin_cos_2d"),
+                        "text": _TINY_TEXT, "train": _TINY_TRAIN},
     "clip-rn": {"library": "open_clip", "family": "clip", "arch": "resnet", "image_size": 32,
                 "embed_dim": 32, "vision": {"width": 8, "layers": [1, 1, 1, 1], "heads": 2},
                 "text": _TINY_TEXT, "train": _TINY_TRAIN},
@@ -190,6 +193,8 @@ def test_config_typo_names_the_bad_key():
     ({"embed_dim": 48}, "embed_dim"),
     ({"library": "open_clip"}, "family"),
     ({"vision": {"patch_size": 5}}, "patch_size"),
+    ({"vision": {"pos_embed": "sin_cos_2d"}}, r"vision\.pos_embed.*open_clip ViT option"),
+    ({"vision": {"pos_embed": "rope"}}, r"vision\.pos_embed"),
 ])
 def test_inconsistent_toy_configs_fail_with_the_key(patch, match):
     cfg = copy.deepcopy(TINY["siglip"])
@@ -197,6 +202,34 @@ def test_inconsistent_toy_configs_fail_with_the_key(patch, match):
         cfg[k] = dict(cfg.get(k, {}), **v) if isinstance(v, dict) else v
     with pytest.raises(ToyConfigError, match=match):
         toy_model_config("x", cfg)
+
+
+def test_sin_cos_pos_embed_is_an_open_clip_vit_option_only():
+    cfg = toy_model_config("x", TINY["clip-vit-sincos"])
+    model_cfg, _ = toymod.open_clip_configs(cfg)
+    assert model_cfg["vision_cfg"]["pos_embed_type"] == "sin_cos_2d"
+    assert toymod.open_clip_configs(toy_model_config("x", TINY["clip-vit"]))[0][
+        "vision_cfg"]["pos_embed_type"] == "learnable"
+    rn = copy.deepcopy(TINY["clip-rn"])
+    rn["vision"] = dict(rn["vision"], pos_embed="sin_cos_2d")
+    with pytest.raises(ToyConfigError, match=r"clip-rn\.vision\.pos_embed"):
+        toy_model_config("clip-rn", rn)
+
+
+def test_sin_cos_pos_embed_is_fixed_during_training():
+    from open_clip.pos_embed import get_2d_sincos_pos_embed
+
+    torch.manual_seed(0)
+    toy = build_toy_model("s", TINY["clip-vit-sincos"])
+    pe = toy.model.visual.positional_embedding
+    expect = torch.from_numpy(get_2d_sincos_pos_embed(32, 4, cls_token=True)).float()
+    assert not pe.requires_grad and torch.equal(pe.detach(), expect)
+    assert all(p is not pe for _, p in toy.parameters() if p.requires_grad)
+    rng = np.random.default_rng(0)
+    split = toyworld.draw_split(toyworld.sample_labels(8, rng), rng)
+    fit(toy, toy.preprocess(split.images), toy.tokenize(split.captions_rich),
+        dict(toy.cfg["train"], steps=3, batch_size=8), progress=False)
+    assert torch.equal(toy.model.visual.positional_embedding.detach(), expect)
 
 
 # --- training, saving, loading -----------------------------------------------------------------

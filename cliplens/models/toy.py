@@ -119,6 +119,10 @@ def toy_model_config(name: str, cfg: Mapping[str, Any]) -> dict:
             raise bad("vision.patch_size", f"{v['patch_size']} does not divide image_size {s}")
         if v["width"] % v["heads"]:
             raise bad("vision.heads", f"{v['heads']} does not divide vision.width {v['width']}")
+    if v["pos_embed"] != "learnable" and (lib != "open_clip" or out["arch"] != "vit"):
+        raise bad("vision.pos_embed", f"{v['pos_embed']!r} is an open_clip ViT option "
+                  f"(library open_clip, arch vit); this model is {lib} {out['arch']}: "
+                  "use learnable")
     if t["width"] % t["heads"]:
         raise bad("text.heads", f"{t['heads']} does not divide text.width {t['width']}")
     if lib == "transformers" and out["embed_dim"] != v["width"]:
@@ -140,7 +144,7 @@ def toy_model_config(name: str, cfg: Mapping[str, Any]) -> dict:
 def open_clip_configs(cfg: Mapping[str, Any]) -> tuple[dict, dict]:
     """(``model_cfg``, ``preprocess_cfg``) of open_clip for a validated toy config.
 
-    ViT: ``head_width = width / heads``.  ModifiedResNet: ``vision.layers`` are the four stage
+    ViT: ``head_width = width / heads``, ``pos_embed_type = vision.pos_embed``.  ModifiedResNet: ``vision.layers`` are the four stage
     depths, ``vision.width`` the stem width and the attention pool has ``heads`` heads over
     ``32 * width`` channels (open_clip derives heads as ``32 * width / head_width``).
     """
@@ -151,7 +155,8 @@ def open_clip_configs(cfg: Mapping[str, Any]) -> tuple[dict, dict]:
     else:
         vision_cfg = {"image_size": s, "layers": int(v["layers"]), "width": int(v["width"]),
                       "head_width": int(v["width"]) // int(v["heads"]),
-                      "patch_size": int(v["patch_size"]), "mlp_ratio": float(v["mlp_ratio"])}
+                      "patch_size": int(v["patch_size"]), "mlp_ratio": float(v["mlp_ratio"]),
+                      "pos_embed_type": str(v["pos_embed"])}
     text_cfg = {"context_length": int(t["context_length"]), "vocab_size": OPEN_CLIP_VOCAB,
                 "width": int(t["width"]), "heads": int(t["heads"]), "layers": int(t["layers"]),
                 "mlp_ratio": float(t["mlp_ratio"])}
