@@ -85,9 +85,21 @@ def toy_world_params(dataset):
 
 # ---- caches (rules/cache.smk)
 def gpu_claim():
-    """`gpu` resource of jobs that run a model: 0 when config says device "cpu", else 1 ("auto"
-    may pick a GPU, so the job must hold one)."""
-    return 0 if config["device"] == "cpu" else 1
+    """`gpu` resource of jobs that run a model: 0 when config says device "cpu", or "auto" in a
+    local run that sees no CUDA device (nothing to wait for: model jobs then run side by side);
+    else 1 ("auto" on a cluster may pick a GPU on the node, so the job must hold one).
+    """
+    if config["device"] == "cpu":
+        return 0
+    if config["device"] == "auto" and workflow.local_exec and not _cuda_visible():
+        return 0
+    return 1
+
+
+def _cuda_visible():
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cache_threads(wildcards):

@@ -33,7 +33,7 @@ rule train_toy_model:
         f"{R}/benchmarks/train_toy_model/{{toy_model}}.tsv"
     conda:
         "../envs/cliplens.yaml"
-    threads: 2
+    threads: 1  # toy models are too small to gain from a second thread: two train side by side
     resources:
         mem_mb=6000,
         runtime=60,
