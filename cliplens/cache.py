@@ -212,12 +212,18 @@ def _shard_info(path: Path) -> dict[str, Any]:
     with h5py.File(path, "r") as h5:
         if "embeddings" not in h5 or "index" not in h5:
             raise ShardError(f"{path} is not an embeddings cache (no /embeddings or /index)")
+        rows = h5["index"].shape[0]
+        # every top-level dataset with one entry per row is gathered (embeddings, index,
+        # labels, and e.g. the per-term arrays of a decomposition cache)
+        arrays = {name: (tuple(d.shape[1:]), d.dtype) for name, d in h5.items()
+                  if isinstance(d, h5py.Dataset) and d.ndim >= 1 and d.shape[0] == rows}
         info = {
             "path": path,
             "prov": prov,
             "shape": h5["embeddings"].shape,
             "dtype": h5["embeddings"].dtype,
             "has_labels": "labels" in h5,
+            "arrays": arrays,
         }
     if info["shape"][0] != prov.get("stop", -1) - prov.get("start", 0):
         raise ShardError(f"{path}: {info['shape'][0]} rows stored but provenance says "
@@ -237,9 +243,10 @@ def gather_shards(
     split, dtype, normalisation, library versions, ...), and their row ranges, sorted, must be
     contiguous and non-overlapping: ``stop_k == start_{k+1}``.  With ``require_complete`` they
     must also cover the whole dataset, ``[0, n)`` with ``n`` the dataset size in the provenance.
-    Otherwise :class:`ShardError` names the offending shard.  ``/embeddings``, ``/labels`` and
-    ``/index`` of the result map rows ``start_k .. stop_k`` to shard ``k``, by a path relative to
-    ``out_path``'s folder, so the folder can be moved as a whole.
+    Otherwise :class:`ShardError` names the offending shard.  Every top-level array with one
+    entry per row (``/embeddings``, ``/labels``, ``/index``, and any other, such as the terms of
+    a decomposition cache) of the result maps rows ``start_k .. stop_k`` to shard ``k``, by a
+    path relative to ``out_path``'s folder, so the folder can be moved as a whole.
     """
     out_path = Path(out_path)
     if not shard_paths:
@@ -258,10 +265,9 @@ def gather_shards(
             details = "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diff)
             raise ShardError(f"shards {ref['path']} and {s['path']} come from different runs "
                              f"({details}); rerun the odd shard")
-        if s["shape"][1:] != ref["shape"][1:] or s["dtype"] != ref["dtype"] \
-                or s["has_labels"] != ref["has_labels"]:
-            raise ShardError(f"shards {ref['path']} and {s['path']} differ in embedding shape, "
-                             "dtype or labels")
+        if s["arrays"] != ref["arrays"]:
+            raise ShardError(f"shards {ref['path']} and {s['path']} differ in their arrays, "
+                             "shapes, dtypes or labels")
     for prev, nxt in zip(infos, infos[1:]):
         p, q = prev["prov"]["stop"], nxt["prov"]["start"]
         if q > p:
@@ -280,18 +286,16 @@ def gather_shards(
     rel = [os.path.relpath(Path(s["path"]).resolve(), folder) for s in infos]
 
     layouts = {
-        "embeddings": (h5py.VirtualLayout((n,) + tail, ref["dtype"]), np.nan),
-        "index": (h5py.VirtualLayout((n,), np.int64), -1),
+        name: (h5py.VirtualLayout((n,) + shape, dtype),
+               np.nan if np.issubdtype(dtype, np.floating) else -1)
+        for name, (shape, dtype) in ref["arrays"].items()
     }
-    if ref["has_labels"]:
-        layouts["labels"] = (h5py.VirtualLayout((n,), np.int64), -1)
     for s, r in zip(infos, rel):
         a, b = s["prov"]["start"] - start, s["prov"]["stop"] - start
         if a == b:
             continue  # an empty shard maps nothing
         for name, (layout, _) in layouts.items():
-            shape = (b - a,) + (tail if name == "embeddings" else ())
-            layout[a:b] = h5py.VirtualSource(r, name, shape=shape)
+            layout[a:b] = h5py.VirtualSource(r, name, shape=(b - a,) + ref["arrays"][name][0])
 
     provenance = {**common(ref["prov"]), "start": int(start), "stop": int(stop), "rows": int(n),
                   "shards": rel}
@@ -307,10 +311,10 @@ def _check_sources(path: Path, h5: h5py.File) -> None:
     """Every source file of every virtual dataset in ``h5`` exists and is complete."""
     folder = path.parent
     seen: set[str] = set()
-    for name in ("embeddings", "labels", "index"):
-        if name not in h5 or not h5[name].is_virtual:
+    for name, d in h5.items():
+        if not isinstance(d, h5py.Dataset) or not d.is_virtual:
             continue
-        for src in h5[name].virtual_sources():
+        for src in d.virtual_sources():
             if src.file_name in seen or src.file_name == ".":
                 continue
             seen.add(src.file_name)

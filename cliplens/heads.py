@@ -83,7 +83,9 @@ measures both.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -580,3 +582,108 @@ def decompose(
                 return _hf_clip(model, pixels, layers, per_token, dtype)
             raise NotImplementedError(f"{model.spec}: transformers {arch} is not decomposed")
     raise NotImplementedError(f"{model.spec}: library {model.library!r} is not decomposed")
+
+
+# ---------------------------------------------------------------------------------------------
+# decomposition caches
+
+#: arrays of a decomposition cache, besides /embeddings (the model's own embedding), /index and
+#: /labels; each has one entry per image.
+TERM_ARRAYS = ("embed", "heads", "attn_bias", "mlps", "rest", "bias", "pool_mlp", "heads_cls")
+
+
+def extract_decomposition(
+    model: ClipModel,
+    dataset,
+    out_path: str | os.PathLike,
+    *,
+    layers: int | Sequence[int] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict:
+    """Decompose images ``start .. stop-1`` of ``dataset`` into an HDF5 cache (a shard, joined
+    by :func:`cliplens.cache.gather_shards` like the embedding caches).
+
+    Arrays (rows = images, ``dtype``): ``/embeddings`` [n, D] = ``encode_image(normalize=False)``
+    (the model's own output), and the terms of :class:`Decomposition` — ``/embed`` [n, D],
+    ``/heads`` [n, Lk, H, D], ``/attn_bias`` [n, Lk, D], ``/mlps`` [n, Lk, D], ``/rest`` [n, D],
+    ``/bias`` [n, D], ``/pool_mlp`` [n, D] (SigLIP), ``/heads_cls`` [n, Lk, H, D] (CLS-pooled
+    towers) — plus ``/index`` and ``/labels``.  The provenance records the kept ``layers``.
+    Batches are cut on the global grid of multiples of ``batch_size`` (shards repeat the
+    unsharded run's batches); written under a temporary name, completion mark last."""
+    import h5py
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .cache import _create_rows, prefetched_batches
+    from .io import atomic_path, library_versions, mark_complete, set_provenance
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    total = len(dataset)
+    stop = total if stop is None else stop
+    if not 0 <= start < stop <= total:
+        raise ValueError(f"row range [{start}, {stop}) is not a non-empty part of the dataset's "
+                         f"{total} rows")
+    n = stop - start
+    n_blocks = len(list(model.vision_blocks))
+    kept = list(resolve_layers(layers, n_blocks))
+    provenance = {**model.provenance(), **dataset.describe(), "kind": "decomposition",
+                  "layers": kept, "blocks": n_blocks, "dtype": dtype, "start": int(start),
+                  "stop": int(stop), "rows": int(n), "library_versions": library_versions()}
+    labels = getattr(dataset, "labels", None)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("index", data=np.arange(start, stop, dtype=np.int64))
+        if labels is not None:
+            h5.create_dataset("labels", data=np.asarray(labels)[start:stop].astype(np.int64))
+        arrays: dict = {}
+        bar = tqdm(total=n, unit="img", desc=f"decompose {provenance.get('model')}",
+                   disable=not progress, mininterval=2.0)
+        with torch.inference_mode():
+            for (a, b), pixels in prefetched_batches(dataset, model,
+                                                     _bounds(start, stop, batch_size)):
+                pixels = pixels.to(model.device)
+                dec = decompose(model, pixels, kept)
+                out = {"embeddings": model.encode_image(pixels, normalize=False)}
+                out.update({k: getattr(dec, k) for k in TERM_ARRAYS
+                            if getattr(dec, k) is not None})
+                for k, v in out.items():
+                    v = v.float().cpu().numpy().astype(dtype)
+                    if k not in arrays:
+                        arrays[k] = _create_rows(h5, k, (n,) + v.shape[1:], dtype, fill=np.nan)
+                    arrays[k][a - start:b - start] = v
+                bar.update(b - a)
+        bar.close()
+        provenance["kind_decomposition"] = dec.kind
+        provenance["heads"] = int(dec.n_heads)
+        set_provenance(h5, provenance)
+        mark_complete(h5)
+    return provenance
+
+
+def _bounds(start: int, stop: int, batch_size: int):
+    from .cache import batch_bounds
+
+    return batch_bounds(start, stop, batch_size)
+
+
+def read_decomposition(path: str | os.PathLike, expected: dict | None = None) -> dict:
+    """Arrays of a decomposition cache (shard or gathered) as numpy, and ``provenance``;
+    refuses an incomplete file, missing shards, or provenance that disagrees with ``expected``
+    (e.g. another model)."""
+    import h5py
+
+    from .cache import _check_sources
+    from .io import ProvenanceError, check_provenance
+
+    prov = check_provenance(path, expected or {})
+    if prov.get("kind") != "decomposition":
+        raise ProvenanceError(f"{path} holds {prov.get('kind')!r}, not a decomposition")
+    with h5py.File(path, "r") as h5:
+        _check_sources(Path(path), h5)
+        out = {k: h5[k][()] for k in h5 if isinstance(h5[k], h5py.Dataset)}
+    out["provenance"] = prov
+    return out

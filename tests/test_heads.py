@@ -295,3 +295,43 @@ def test_unsupported_open_clip_towers_raise(vision_cfg, match):
     m = _open_clip(vision_cfg)
     with pytest.raises(NotImplementedError, match=match):
         decompose(m, _pixels(m, 1))
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "siglip"])
+def test_sharded_decomposition_cache_gathers_and_sums_to_the_embeddings(tmp_path, kind):
+    import numpy as np
+    from test_tokens import ArrayDataset, tiny_open_clip_vit, tiny_siglip
+
+    from cliplens.cache import gather_shards, shard_bounds
+    from cliplens.heads import extract_decomposition, read_decomposition
+    from cliplens.io import ProvenanceError
+
+    model = tiny_open_clip_vit() if kind == "open_clip" else tiny_siglip()
+    ds = ArrayDataset(np.random.default_rng(0).integers(0, 256, (21, 40, 40, 3), dtype=np.uint8))
+    whole = tmp_path / "whole.h5"
+    extract_decomposition(model, ds, whole, layers=2, batch_size=4, progress=False)
+    shards = []
+    for i in range(3):
+        a, b = shard_bounds(len(ds), 3, i, align=4)
+        shards.append(tmp_path / "shards" / f"d.{i}-of-3.h5")
+        shards[-1].parent.mkdir(exist_ok=True)
+        extract_decomposition(model, ds, shards[-1], layers=2, start=a, stop=b, batch_size=4,
+                              progress=False)
+    gathered = tmp_path / "gathered.h5"
+    gather_shards(shards, gathered)
+    ref, got = read_decomposition(whole), read_decomposition(gathered, {"model": model.spec})
+    assert got["provenance"]["layers"] == ref["provenance"]["layers"] == [1, 2]
+    for k in ref:
+        if k != "provenance":
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert got["heads"].shape[:3] == (21, 2, 2)
+    np.testing.assert_array_equal(got["labels"], ds.labels)
+    total = sum(got[k].sum(axis=tuple(range(1, got[k].ndim - 1))) if got[k].ndim > 2 else got[k]
+                for k in ("embed", "heads", "attn_bias", "mlps", "rest", "bias", "pool_mlp")
+                if k in got)
+    np.testing.assert_allclose(total, got["embeddings"], atol=2e-5)
+    with pytest.raises(ProvenanceError):
+        read_decomposition(gathered, {"model": "open_clip:another"})
+    (tmp_path / "shards" / "d.1-of-3.h5").unlink()
+    with pytest.raises(Exception, match="does not exist"):
+        read_decomposition(gathered)
