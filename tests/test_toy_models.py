@@ -309,6 +309,74 @@ def test_training_is_deterministic(splits):
         assert ka == kb and torch.equal(va, vb), ka
 
 
+# --- batching ----------------------------------------------------------------------------------
+
+
+def _labels(n: int, seed: int = 0) -> dict:
+    return {k: np.asarray(v) for k, v in toyworld.sample_labels(n, np.random.default_rng(seed)).items()}
+
+
+def test_random_batching_is_the_default_and_unchanged():
+    assert toy_model_config("x", TINY["clip-vit"])["train"]["batching"]["kind"] == "random"
+    n, bs, steps = 50, 16, 9
+    s = toymod.BatchSampler(n, bs, torch.Generator().manual_seed(3), {"kind": "random"})
+    got = [s.next() for _ in range(steps)]
+    # the loop fit() ran before batching existed
+    gen = torch.Generator().manual_seed(3)
+    order, pos, want = torch.randperm(n, generator=gen), 0, []
+    for _ in range(steps):
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        want.append(order[pos:pos + bs])
+        pos += bs
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    s0 = toymod.BatchSampler(n, bs, torch.Generator().manual_seed(3), None)  # no batching key
+    assert all(torch.equal(s0.next(), b) for b in want)
+
+
+@pytest.mark.parametrize("share,fraction", [
+    (["colour", "size", "background"], 1.0),
+    (["colour", "size", "background"], 0.5),
+    ([["colour", "size", "background", "position"], ["colour", "size", "background", "shape"]], 1.0),
+])
+def test_grouped_batches_are_deterministic_and_groups_share_the_factors(share, fraction):
+    labels = _labels(2000)
+    cfg = toy_model_config("x", dict(TINY["clip-vit"], train=dict(_TINY_TRAIN, batching={
+        "kind": "grouped", "group_size": 4, "share": share, "grouped_fraction": fraction})))
+    batching = cfg["train"]["batching"]
+    alts = [share] if isinstance(share[0], str) else share
+
+    def draw(seed):
+        s = toymod.BatchSampler(2000, 32, torch.Generator().manual_seed(seed), batching, labels)
+        return [s.next() for _ in range(6)]
+
+    a, b, c = draw(0), draw(0), draw(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    n_groups = int(round(fraction * 32 / 4))
+    for idx in a:
+        assert len(idx) == 32 and len(set(idx.tolist())) == 32
+        for j in range(n_groups):
+            group = idx[4 * j:4 * j + 4].numpy()
+            for f in alts[j % len(alts)]:
+                assert len(set(labels[f][group].tolist())) == 1, (j, f)
+        # different groups come from different buckets
+        keys = [(j % len(alts),) + tuple(int(labels[f][idx[4 * j]]) for f in alts[j % len(alts)])
+                for j in range(n_groups)]
+        assert len(set(keys)) == len(keys)
+
+
+def test_grouped_batching_trains_through_train_toy(splits):
+    cfg = dict(TINY["clip-vit"], train=dict(_TINY_TRAIN, batching={"kind": "grouped", "group_size": 4}))
+    a, _ = toymod.train_toy("g", cfg, splits["train"], None, progress=False)
+    b, _ = toymod.train_toy("g", cfg, splits["train"], None, progress=False)
+    for (ka, va), (kb, vb) in zip(a.parameters(), b.parameters()):
+        assert ka == kb and torch.equal(va, vb), ka
+    with pytest.raises(ValueError, match="labels"):
+        fit(a, torch.zeros(8, 3, 16, 16), a.tokenize(["a"] * 8), toy_model_config("g", cfg)["train"],
+            progress=False)
+
+
 # --- the image-side objective --------------------------------------------------------------------
 
 

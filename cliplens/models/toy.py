@@ -22,7 +22,9 @@ holds ``library``, ``family``, ``arch``, ``captions``, ``image_size``, ``embed_d
 Training applies the loader's own preprocessing (open_clip's eval transform, the transformers
 image processor) once to the whole split, tokenises every caption as the loader does
 (open_clip's tokenizer; the toy word-level tokenizer with ``padding="max_length"``), then runs
-AdamW with linear warm-up and cosine decay over shuffled batches.  Everything is seeded:
+AdamW with linear warm-up and cosine decay over shuffled batches (``train.batching``: random,
+or grouped hard-negative batches whose groups share chosen factors, see :class:`BatchSampler`;
+the labels only pick the batches, never enter the loss).  Everything is seeded:
 the same config, data and thread count give the same weights.
 """
 
@@ -399,6 +401,111 @@ def make_optimizer(toy: ToyModel, lr: float, weight_decay: float) -> torch.optim
         return torch.optim.AdamW(groups, **kw)
 
 
+#: label factors a grouped batch may share (``train.batching.share``)
+BATCHING_FACTORS = ("colour", "shape", "position", "size", "background")
+
+
+class BatchSampler:
+    """Index batches for :func:`fit`, drawn from ``gen`` (deterministic given the seed).
+
+    ``batching`` is ``train.batching``: ``kind: random`` (the default) visits a fresh
+    permutation per epoch and drops the last incomplete batch, exactly as before this option
+    existed.  ``kind: grouped`` builds ``round(grouped_fraction * batch_size / group_size)``
+    groups of ``group_size`` images that share the label factors in ``share`` (hard
+    negatives: the contrastive loss can only separate them by the other factors); the rest of
+    the batch is filled from the epoch permutation, without repeating an image.  ``share`` is
+    a list of factors, or a list of such lists used in turn group by group.  Each group comes
+    from a different bucket (combination of the shared factors) where there are enough; a
+    bucket picks proportionally to its size, its members uniformly without replacement.  The
+    labels only choose which pairs meet in a batch; the loss never sees them.
+    """
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator,
+                 batching: Mapping[str, Any] | None = None,
+                 labels: Mapping[str, Any] | None = None):
+        self.n, self.bs, self.gen = n, min(int(batch_size), n), gen
+        b = dict(batching or {})
+        self.kind = b.get("kind", "random")
+        self.order, self.pos = torch.randperm(n, generator=gen), 0
+        if self.kind == "random":
+            return
+        if self.kind != "grouped":
+            raise ValueError(f"train.batching.kind: unknown {self.kind!r} (random, grouped)")
+        share = b.get("share", ["colour", "size", "background"])
+        alts = [list(share)] if share and isinstance(share[0], str) else [list(a) for a in share]
+        alts = alts or [[]]  # share nothing: groups of random pairs
+        if labels is None:
+            raise ValueError("train.batching.kind grouped needs the training labels (fit(labels=...))")
+        self.g = max(1, min(int(b.get("group_size", 8)), self.bs))
+        frac = float(b.get("grouped_fraction", 1.0))
+        self.n_groups = int(round(frac * self.bs / self.g))
+        if frac > 0:
+            self.n_groups = max(1, self.n_groups)
+        self.n_groups = min(self.n_groups, self.bs // self.g)
+        self.alts = []  # per alternative: (bucket members list, bucket weights)
+        for factors in alts:
+            missing = [f for f in factors if f not in labels]
+            if missing:
+                raise ValueError(f"train.batching.share: no labels {missing}; "
+                                 f"have {sorted(labels)}")
+            cols = np.stack([np.asarray(labels[f], dtype=np.int64) for f in factors], 1) \
+                if factors else np.zeros((n, 1), np.int64)
+            if len(cols) != n:
+                raise ValueError(f"labels have {len(cols)} rows for {n} pairs")
+            _, inv = np.unique(cols, axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            members = [torch.from_numpy(np.flatnonzero(inv == k)) for k in range(int(inv.max()) + 1)]
+            weights = torch.tensor([float(len(m)) for m in members], dtype=torch.float64)
+            self.alts.append((members, weights))
+
+    def _random(self, k: int, exclude: set[int]) -> list[torch.Tensor]:
+        out, need = [], k
+        while need > 0:
+            if self.pos >= self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            chunk = self.order[self.pos:self.pos + need]
+            self.pos += len(chunk)
+            if exclude:
+                chunk = chunk[[int(i) not in exclude for i in chunk]]
+            out.append(chunk)
+            need -= len(chunk)
+        return out
+
+    def next(self) -> torch.Tensor:
+        if self.kind == "random":
+            if self.pos + self.bs > self.n:
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            idx = self.order[self.pos:self.pos + self.bs]
+            self.pos += self.bs
+            return idx
+        chosen: list[list[torch.Tensor]] = []  # per alternative, its groups
+        for a, (members, weights) in enumerate(self.alts):
+            count = len(range(a, self.n_groups, len(self.alts)))
+            eligible = weights * (weights >= self.g)
+            if count == 0:
+                buckets = []
+            elif count <= int((eligible > 0).sum()):  # distinct buckets, each with a full group
+                buckets = torch.multinomial(eligible, count, replacement=False,
+                                            generator=self.gen).tolist()
+            else:
+                buckets = torch.multinomial(weights, count, replacement=True,
+                                            generator=self.gen).tolist()
+            chosen.append([members[bk][torch.randperm(len(members[bk]), generator=self.gen)]
+                           for bk in buckets])
+        parts, used = [], set()
+        for j in range(self.n_groups):  # alternatives in turn; no image twice in a batch
+            cand = chosen[j % len(self.alts)][j // len(self.alts)]
+            if used:
+                cand = cand[[int(i) not in used for i in cand]]
+            parts.append(cand[:self.g])
+            used.update(parts[-1].tolist())
+        idx = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        rest = self.bs - len(idx)
+        if rest > 0:
+            idx = torch.cat([idx] + self._random(rest, set(idx.tolist())))
+        return idx
+
+
 def fit(
     toy: ToyModel,
     pixels: torch.Tensor,
@@ -407,12 +514,15 @@ def fit(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    labels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``toy`` on (``pixels`` [N, 3, S, S], ``tokens`` [N, L]) pairs.
 
     ``train_cfg``: ``steps``, ``batch_size`` (capped at N), ``lr``, ``weight_decay``,
-    ``warmup`` (a fraction of ``steps``), ``seed`` (batch order and masks).  Each epoch visits a
-    fresh permutation; the last incomplete batch of an epoch is dropped.  Returns
+    ``warmup`` (a fraction of ``steps``), ``seed`` (batch order and masks), ``batching``
+    (optional, see :class:`BatchSampler`).  With the default random batching each epoch visits
+    a fresh permutation; the last incomplete batch of an epoch is dropped.  ``labels`` (factor
+    -> [N] ints) are needed only by grouped batching, to choose the batches.  Returns
     ``{"steps", "final_loss" (mean of the last min(10, steps) steps), "loss_history"
     ([step, loss] at about 20 points), "seconds" (wall clock), "cpu_seconds" (CPU time of this
     process, all threads)}``.
@@ -431,14 +541,11 @@ def fit(
     toy.to(device).train()
     every = max(1, steps // 20)
     losses, history = [], []
-    order, pos = torch.randperm(n, generator=gen), 0
+    sampler = BatchSampler(n, bs, gen, train_cfg.get("batching"), labels)
     t0, c0 = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=f"train {toy.name}", disable=not progress, mininterval=2.0)
     for step in bar:
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + bs]
-        pos += bs
+        idx = sampler.next()
         loss, parts = toy.loss(pixels[idx].to(device), tokens[idx].to(device), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -540,7 +647,8 @@ def train_toy(
     prep_seconds = time.perf_counter() - t0
     log.info("%s: %d pairs at %d px, %s parameters", name, len(pixels), cfg["image_size"],
              f"{sum(p.numel() for _, p in toy.parameters()):,}")
-    result = fit(toy, pixels, tokens, cfg["train"], device=dev, progress=progress)
+    result = fit(toy, pixels, tokens, cfg["train"], device=dev, progress=progress,
+                 labels=train.get("labels"))
     del pixels, tokens
     meta: dict[str, Any] = {
         "library": toy.library,
