@@ -206,7 +206,11 @@ rule inversion_v1_vs_v2_figure:
     input:
         f"{R}/tables/inversion_similarity.csv",
     output:
-        f"{R}/figures/v1_vs_v2.png",
+        report(
+            f"{R}/figures/v1_vs_v2.png",
+            caption="../report/inversion_v1_vs_v2.rst",
+            category="Study 000: inversion",
+        ),
     log:
         f"{R}/logs/inversion_v1_vs_v2_figure/log.log",
     conda:
@@ -228,7 +232,11 @@ rule inversion_reconstructions_figure:
         heldout=inv_heldout(),
         data=inv_data(INV["dataset"], INV["eval_split"]),
     output:
-        f"{R}/figures/reconstructions.png",
+        report(
+            f"{R}/figures/reconstructions.png",
+            caption="../report/inversion_reconstructions.rst",
+            category="Study 000: inversion",
+        ),
     log:
         f"{R}/logs/inversion_reconstructions_figure/log.log",
     conda:
@@ -291,7 +299,15 @@ rule inversion_operator_figures:
         arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
         table=f"{R}/tables/inversion_operators.csv",
     output:
-        [f"{R}/figures/{t}.png" for t in INV_OPS["tasks"]],
+        [
+            report(
+                f"{R}/figures/{t}.png",
+                caption="../report/inversion_operators.rst",
+                category="Study 000: inversion",
+                labels={"figure": t},
+            )
+            for t in INV_OPS["tasks"]
+        ],
     log:
         f"{R}/logs/inversion_operator_figures/log.log",
     conda:

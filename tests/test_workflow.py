@@ -109,6 +109,9 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert "zeroshot.png" in html
     caption = re.sub(r"<[^>]+>", "", html)  # the caption's config values sit in <tt> tags
     assert "Produced with models ['toy:clip-vit', 'toy:siglip2-32']" in caption
+    for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png"):
+        assert fig in html, fig
+    assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
 
     # Editing one value reruns exactly the jobs that depend on it (Snakemake's own dry run).
     edits = {
