@@ -26,7 +26,7 @@ rule cache_shard:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),

@@ -96,6 +96,12 @@ def gpu_claim():
     return 1
 
 
+def gpu_resource(wildcards):
+    """gpu_claim() for the resources of a job; a function, so it is evaluated once the
+    executor is known (while the Snakefile is parsed, every run still looks local)."""
+    return gpu_claim()
+
+
 def _cuda_visible():
     import torch
 

@@ -13,7 +13,8 @@
 #   {R}/inversion/{model}/operators.npz, {R}/tables/inversion_operators.csv
 #   {R}/figures/rb_swap.png, b_suppression.png, colorization.png
 #
-# Jobs that run a model claim gpu=gpu_claim() (rules/cache.smk): 0 when device is "cpu".
+# Jobs that run a model claim gpu=gpu_resource (rules/common.smk): 0 when device is "cpu", or
+# "auto" in a local run without a CUDA device.
 
 # Helpers (INV, token_cache_path, inv_* ...) live in rules/common.smk.
 
@@ -40,7 +41,7 @@ rule inversion_token_shard:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
@@ -98,7 +99,7 @@ rule inversion_train:
     resources:
         mem_mb=8000,
         runtime=1440,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
@@ -133,7 +134,7 @@ rule inversion_reconstruct:
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
@@ -167,7 +168,7 @@ rule inversion_score:
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         scorer=lambda w: model_spec(w.scorer),
         load=load_params(),
@@ -275,7 +276,7 @@ rule inversion_operators:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=INV_OPS["model"],
         load=load_params(),

@@ -37,7 +37,7 @@ rule train_toy_model:
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         name="{toy_model}",
         cfg=lambda w: config["toy_models"][w.toy_model],

@@ -24,7 +24,7 @@ rule zeroshot_eval:
     resources:
         mem_mb=4000,
         runtime=30,
-        gpu=gpu_claim(),
+        gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
