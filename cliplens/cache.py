@@ -89,6 +89,17 @@ def shard_bounds(n: int, n_shards: int, i: int, align: int = 1) -> tuple[int, in
     return min(first * align, n), min(last * align, n)
 
 
+def checked_rows(start: int, stop: int | None, total: int, dtype: str) -> int:
+    """Validate an extraction request and return ``stop`` (None = ``total``): ``dtype`` one of
+    :data:`DTYPES` and ``0 <= start <= stop <= total``; ValueError naming what is wrong."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    stop = total if stop is None else stop
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"row range [{start}, {stop}) is not inside the dataset's {total} rows")
+    return stop
+
+
 def batch_bounds(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
     """Batches ``[a, b)`` covering ``start .. stop``, cut on the global grid of multiples of
     ``batch_size``: row ``r`` is always encoded together with the rows of
@@ -155,14 +166,10 @@ def extract_embeddings(
 
     Returns the provenance written to the file.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     total = len(dataset)
-    stop = total if stop is None else stop
-    if not 0 <= start <= stop <= total:
-        raise ValueError(f"row range [{start}, {stop}) is not inside the dataset's {total} rows")
+    stop = checked_rows(start, stop, total, dtype)
     n = stop - start
     provenance = {
         **model.provenance(),

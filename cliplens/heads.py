@@ -618,16 +618,13 @@ def extract_decomposition(
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .cache import _create_rows, prefetched_batches
+    from .cache import _create_rows, checked_rows, prefetched_batches
     from .io import atomic_path, library_versions, mark_complete, set_provenance
 
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
-    total = len(dataset)
-    stop = total if stop is None else stop
-    if not 0 <= start < stop <= total:
-        raise ValueError(f"row range [{start}, {stop}) is not a non-empty part of the dataset's "
-                         f"{total} rows")
+    stop = checked_rows(start, stop, len(dataset), dtype)
+    if stop == start:
+        raise ValueError(f"row range [{start}, {stop}) is empty: a decomposition shard needs "
+                         "at least one image")
     n = stop - start
     n_blocks = len(list(model.vision_blocks))
     kept = list(resolve_layers(layers, n_blocks))

@@ -54,6 +54,7 @@ from .cache import (
     _check_sources,
     _create_rows,
     batch_bounds,
+    checked_rows,
     gather_shards,
     prefetched_batches,
 )
@@ -306,12 +307,8 @@ def extract_tokens(
     (``dtype``).  The next batch is loaded in a background thread.  Written under a temporary name
     and renamed; completion mark last.  Returns the provenance.
     """
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     total = len(dataset)
-    stop = total if stop is None else stop
-    if not 0 <= start <= stop <= total:
-        raise ValueError(f"row range [{start}, {stop}) is not inside the dataset's {total} rows")
+    stop = checked_rows(start, stop, total, dtype)
     n = stop - start
     blocks = len(list(model.vision_blocks))
     gh, gw = token_grid(model)
