@@ -618,7 +618,7 @@ def extract_decomposition(
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .cache import _create_rows, checked_rows, prefetched_batches
+    from .cache import _create_rows, batch_bounds, checked_rows, prefetched_batches
     from .io import atomic_path, library_versions, mark_complete, set_provenance
 
     stop = checked_rows(start, stop, len(dataset), dtype)
@@ -641,7 +641,7 @@ def extract_decomposition(
                    disable=not progress, mininterval=2.0)
         with torch.inference_mode():
             for (a, b), pixels in prefetched_batches(dataset, model,
-                                                     _bounds(start, stop, batch_size)):
+                                                     batch_bounds(start, stop, batch_size)):
                 pixels = pixels.to(model.device)
                 dec = decompose(model, pixels, kept)
                 out = {"embeddings": model.encode_image(pixels, normalize=False)}
@@ -659,12 +659,6 @@ def extract_decomposition(
         set_provenance(h5, provenance)
         mark_complete(h5)
     return provenance
-
-
-def _bounds(start: int, stop: int, batch_size: int):
-    from .cache import batch_bounds
-
-    return batch_bounds(start, stop, batch_size)
 
 
 def read_decomposition(path: str | os.PathLike, expected: dict | None = None) -> dict:

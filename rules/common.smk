@@ -84,10 +84,12 @@ def toy_world_params(dataset):
 
 
 # ---- caches (rules/cache.smk)
-def gpu_claim():
+def gpu_resource(wildcards):
     """`gpu` resource of jobs that run a model: 0 when config says device "cpu", or "auto" in a
     local run that sees no CUDA device (nothing to wait for: model jobs then run side by side);
-    else 1 ("auto" on a cluster may pick a GPU on the node, so the job must hold one).
+    else 1 ("auto" on a cluster may pick a GPU on the node, so the job must hold one).  A
+    function of the job, so it is evaluated once the executor is known (while the Snakefile is
+    parsed, every run still looks local).
     """
     if config["device"] == "cpu":
         return 0
@@ -96,22 +98,21 @@ def gpu_claim():
     return 1
 
 
-def gpu_resource(wildcards):
-    """gpu_claim() for the resources of a job; a function, so it is evaluated once the
-    executor is known (while the Snakefile is parsed, every run still looks local)."""
-    return gpu_claim()
-
-
 def _cuda_visible():
     import torch
 
     return torch.cuda.is_available()
 
 
+def model_threads(slug):
+    """Torch threads of a job running model ``slug``: 1 for toy models (too small to gain from
+    intra-op threads; jobs run side by side instead), 8 for real ones (Snakemake caps it at
+    --cores)."""
+    return 1 if model_spec(slug).startswith("toy:") else 8
+
+
 def cache_threads(wildcards):
-    """Torch threads of a shard job: 1 for toy models (too small to gain from intra-op threads;
-    shards run side by side instead), 8 for real ones (Snakemake caps it at --cores)."""
-    return 1 if model_spec(wildcards.model).startswith("toy:") else 8
+    return model_threads(wildcards.model)
 
 
 def cache_shard_paths(wildcards):
@@ -218,7 +219,7 @@ def inv_train_threads(wildcards):
 
 
 def inv_scorer_threads(wildcards):
-    return 1 if model_spec(wildcards.scorer).startswith("toy:") else 8
+    return model_threads(wildcards.scorer)
 
 
 def inv_blue_factor(wildcards):
