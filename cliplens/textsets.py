@@ -76,6 +76,26 @@ def toy_descriptions() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def text_factors(text: str) -> set[str]:
+    """The toy factors a text names: phrases of the toy captions (any synonym) found as whole
+    words, longest phrases first and each span used once (``a circle on a pale backdrop`` names
+    shape and background; its ``pale`` is not also read as the colour white)."""
+    import re
+
+    from .toyworld import PHRASES
+
+    phrases = sorted(((p, f) for f, values in PHRASES.items() for ps in values.values()
+                      for p in ps), key=lambda x: -len(x[0]))
+    rest = " " + text.lower() + " "
+    found = set()
+    for phrase, factor in phrases:
+        pattern = r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])"
+        if re.search(pattern, rest):
+            found.add(factor)
+            rest = re.sub(pattern, " | ", rest)
+    return found
+
+
 def read_text_file(path: str | os.PathLike) -> list[str]:
     """Texts of a file, one per line; blank lines and ``#`` comments skipped."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()

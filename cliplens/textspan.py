@@ -46,7 +46,9 @@ class TextSpanResult:
     ``indices`` [m] into the text set; ``variance`` [m] the score of each pick (variance over
     images at the time it was picked); ``explained`` [m] the cumulative share of the centred
     head's total variance that the reconstruction explains after each pick; ``reconstruction``
-    [N, D] the head's reconstruction from the chosen texts (mean included)."""
+    [N, D] the head's reconstruction from the chosen texts (mean included); ``basis`` [m, D]
+    the orthonormal directions picked (each chosen text after projection and deflation,
+    normalised) and ``mean`` [D] the head's mean over the fitted images."""
 
     indices: np.ndarray
     variance: np.ndarray
@@ -54,9 +56,19 @@ class TextSpanResult:
     reconstruction: np.ndarray
     n_components: int
     scoring: str
+    basis: np.ndarray | None = None
+    mean: np.ndarray | None = None
 
     def texts(self, names: Sequence[str]) -> list[str]:
         return [names[i] for i in self.indices]
+
+    def project(self, C: np.ndarray, n_texts: int | None = None) -> np.ndarray:
+        """Reconstruction of other images' direct effects ``C`` [N', D] from the first
+        ``n_texts`` picks (None = all): ``mean + (C - mean) B^T B`` with ``B`` the first rows of
+        ``basis``.  On the fitted images with every pick this equals ``reconstruction``."""
+        B = self.basis[: len(self.basis) if n_texts is None else int(n_texts)]
+        X = np.asarray(C, dtype=np.float64) - self.mean
+        return self.mean + (X @ B.T) @ B
 
 
 def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int | None = 80,
@@ -82,7 +94,7 @@ def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int 
     total = float((X ** 2).sum())
     recon = np.zeros_like(X)
     R = R.copy()
-    picked, scores, explained = [], [], []
+    picked, scores, explained, basis = [], [], [], []
     available = np.ones(len(R), dtype=bool)
     for _ in range(n_texts):
         P = X @ R.T                                   # [N, M]
@@ -102,11 +114,13 @@ def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int 
         R = R - np.outer(R @ r, r) / rr
         available[j] = False
         picked.append(j)
+        basis.append(r / np.sqrt(rr))
         scores.append(float(var[j]))
         explained.append(1.0 - float((X ** 2).sum()) / total if total > 0 else 1.0)
     return TextSpanResult(np.asarray(picked, dtype=np.int64), np.asarray(scores),
                           np.asarray(explained), recon + mean,
-                          -1 if n_components is None else int(n_components), scoring)
+                          -1 if n_components is None else int(n_components), scoring,
+                          np.asarray(basis).reshape(len(basis), C.shape[1]), mean)
 
 
 @dataclass
@@ -184,18 +198,6 @@ def mean_ablate(terms: np.ndarray, which: np.ndarray | Sequence[bool], axis: int
     idx[axis] = which
     terms[tuple(idx)] = np.broadcast_to(m, terms.shape[1:])[tuple(idx[1:])]
     return terms
-
-
-def attention_ablation_curve(heads: np.ndarray, mlps: np.ndarray, rest: np.ndarray | None,
-                             classifier: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Accuracy [L + 1] when the attention terms of layers ``0 .. l - 1`` (all heads) are
-    mean-ablated, for l = 0 (nothing ablated) to L (every attention layer)."""
-    L = heads.shape[1]
-    out = []
-    for n in range(L + 1):
-        h = mean_ablate(heads, np.arange(L) < n, axis=1)
-        out.append(accuracy(embeddings_from_terms(h, mlps, rest), classifier, labels))
-    return np.asarray(out)
 
 
 def replace_heads(heads: np.ndarray, replacements: Mapping[tuple[int, int], np.ndarray]

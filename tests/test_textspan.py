@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cliplens import textspan as ts
+from cliplens.head_analysis import ablation_curves
 
 
 def orthonormal(rng, n, d):
@@ -99,9 +100,11 @@ def test_ablation_curve_and_replacement():
     rest = np.zeros((N, D))
     z = ts.embeddings_from_terms(heads, mlps, rest)
     np.testing.assert_allclose(z, heads.sum((1, 2)) + mlps.sum(1))
-    curve = ts.attention_ablation_curve(heads, mlps, rest, W, labels)
+    curves = ablation_curves(heads, mlps[:, 1:], mlps[:, 0] + rest, W, labels)
+    curve = curves["attention"]
     assert curve.shape == (L + 1,)
     assert curve[0] == 1.0 and max(curve[1:]) < 0.5  # ablating layer 0 destroys it
+    np.testing.assert_array_equal(curves["mlp"], 1.0)  # the MLPs carry no class
     ab = ts.mean_ablate(heads, [True, False, False], axis=1)
     np.testing.assert_allclose(ab[:, 0], np.broadcast_to(heads[:, 0].mean(0), ab[:, 0].shape))
     np.testing.assert_array_equal(ab[:, 1:], heads[:, 1:])
