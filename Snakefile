@@ -35,6 +35,7 @@ include: "rules/toy.smk"
 include: "rules/cache.smk"
 include: "rules/zeroshot.smk"
 include: "rules/inversion.smk"
+include: "rules/heads.smk"
 
 
 rule all:
@@ -44,3 +45,4 @@ rule all:
         f"{R}/figures/v1_vs_v2.png",
         f"{R}/figures/reconstructions.png",
         [f"{R}/figures/{task}.png" for task in INV_OPS["tasks"]],
+        heads_outputs(),

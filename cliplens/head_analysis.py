@@ -29,8 +29,9 @@ from .textspan import accuracy, embeddings_from_terms, mean_ablate
 
 
 def split_terms(dec: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(heads [N, L, H, D], mlps [N, L, D], other [N, D]) of decomposition arrays ``dec``, in
-    float32; ``other`` = embed + sum of attn_bias + rest + bias (+ pool_mlp)."""
+    """(heads [N, L, H, D] -- or [N, L, D] if read summed over heads --, mlps [N, L, D],
+    other [N, D]) of decomposition arrays ``dec``, in float32; ``other`` = embed + sum of
+    attn_bias + rest + bias (+ pool_mlp)."""
     heads = np.asarray(dec["heads"], dtype=np.float32)
     mlps = np.asarray(dec["mlps"], dtype=np.float32)
     other = (np.asarray(dec["embed"], np.float64) + np.asarray(dec["attn_bias"], np.float64).sum(1)
@@ -46,12 +47,18 @@ def ablation_curves(heads: np.ndarray, mlps: np.ndarray, other: np.ndarray,
     """Zero-shot accuracy [L + 1] while mean-ablating the first ``l`` kept layers, l = 0 .. L.
 
     ``attention``: every head of layers ``0 .. l-1`` replaced by its mean over the images;
-    ``mlp``: the MLP outputs of those layers; ``cls_to_cls`` (when ``heads_cls`` [N, L, H, D],
-    the part of each head that the class token reads from itself, is given): only that part.
+    ``mlp``: the MLP outputs of those layers; ``cls_to_cls`` (when ``heads_cls``, the part of
+    each head that the class token reads from itself, is given): only that part.  ``heads`` and
+    ``heads_cls`` are [N, L, H, D] or already summed over heads [N, L, D] (mean-ablating every
+    head of a layer is mean-ablating their sum: the curves are the same).
     ``classifier`` [D, K] (columns = class text embeddings), ``labels`` [N].  Entry 0 of every
     curve is the unablated accuracy.  Mean-ablating a term changes the embedding by
     ``mean(term) - term``; what each curve shows is how much the classification relies on the
     image-to-image variation of those terms."""
+    if heads.ndim == 3:
+        heads = heads[:, :, None]
+    if heads_cls is not None and heads_cls.ndim == 3:
+        heads_cls = heads_cls[:, :, None]
     L = heads.shape[1]
     out: dict[str, list[float]] = {"attention": [], "mlp": []}
     if heads_cls is not None:
@@ -104,19 +111,47 @@ def probe_factors(C_fit: np.ndarray, y_fit: Mapping[str, np.ndarray], C_test: np
     return out
 
 
-def named_factor(texts: Sequence[str], factors_of, top: int = 5) -> str | None:
-    """The factor that the first ``top`` texts of a head name most often (``factors_of(text)``
-    -> the set of factors a text names); ties go to the factor named earliest; None if no text
-    names one."""
-    counts: dict[str, int] = {}
+def variance_shares(C_fit: np.ndarray, y_fit: Mapping[str, np.ndarray], C_test: np.ndarray,
+                    y_test: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """How much of one head's direct effect each factor accounts for: the held-out R^2 of the
+    linear model ``C ~ one-hot(factor)`` (i.e. predicting each image's direct effect by the mean
+    over the fitted images of its factor value) --
+
+        R^2_f = 1 - sum_n |c_n - mu_f(y_n)|^2 / sum_n |c_n - mean(C_fit)|^2   over test images.
+
+    Unlike decoding (:func:`probe_factors`), which saturates for any factor that leaves a trace
+    in D dimensions (e.g. the background's brightness, visible in every head), this measures
+    what the head *writes*: the share of its variation explained by the factor."""
+    C_fit = np.asarray(C_fit, dtype=np.float64)
+    C_test = np.asarray(C_test, dtype=np.float64)
+    mean = C_fit.mean(0)
+    sst = float(((C_test - mean) ** 2).sum())
+    out = {}
+    for factor, y in y_fit.items():
+        y, yt = np.asarray(y), np.asarray(y_test[factor])
+        mus = {v: C_fit[y == v].mean(0) for v in np.unique(y)}
+        pred = np.stack([mus.get(v, mean) for v in yt]) if len(yt) else C_test
+        out[factor] = 1.0 - float(((C_test - pred) ** 2).sum()) / sst if sst > 0 else 0.0
+    return out
+
+
+def named_factor(texts: Sequence[str], factors_of, top: int = 5,
+                 weights: Sequence[float] | None = None) -> str | None:
+    """The factor the first ``top`` texts of a head name, weighted: each text gives its weight
+    (default 1; e.g. the share of variance it explains) split equally among the factors it
+    names (``factors_of(text)`` -> set of factor names).  Ties go to the factor named earliest,
+    then alphabetically; None if no text names one."""
+    score: dict[str, float] = {}
     first: dict[str, int] = {}
     for i, t in enumerate(texts[:top]):
-        for f in factors_of(t):
-            counts[f] = counts.get(f, 0) + 1
+        fs = sorted(factors_of(t))
+        w = 1.0 if weights is None else float(weights[i])
+        for f in fs:
+            score[f] = score.get(f, 0.0) + w / len(fs)
             first.setdefault(f, i)
-    if not counts:
+    if not score:
         return None
-    return min(counts, key=lambda f: (-counts[f], first[f]))
+    return min(score, key=lambda f: (-round(score[f], 12), first[f], f))
 
 
 def class_direction(classifier: np.ndarray, k: np.ndarray | int) -> np.ndarray:

@@ -661,11 +661,23 @@ def extract_decomposition(
     return provenance
 
 
-def read_decomposition(path: str | os.PathLike, expected: dict | None = None) -> dict:
+#: per-image arrays with a kept-layer axis (axis 1)
+PER_LAYER = ("heads", "attn_bias", "mlps", "heads_cls")
+
+
+def read_decomposition(path: str | os.PathLike, expected: dict | None = None,
+                       arrays: Sequence[str] | None = None,
+                       layers: Sequence[int] | None = None, sum_heads: bool = False) -> dict:
     """Arrays of a decomposition cache (shard or gathered) as numpy, and ``provenance``;
     refuses an incomplete file, missing shards, or provenance that disagrees with ``expected``
-    (e.g. another model)."""
+    (e.g. another model).
+
+    ``arrays``: names to load (None = every array; ``index`` is always loaded).  ``layers``:
+    positions along the kept-layer axis to load for the per-layer arrays (:data:`PER_LAYER`),
+    None = all.  ``sum_heads``: load ``heads`` and ``heads_cls`` summed over heads ([n, Lk, D]),
+    one layer at a time, so a cache larger than memory can still be reduced."""
     import h5py
+    import numpy as np
 
     from .cache import _check_sources
     from .io import ProvenanceError, check_provenance
@@ -673,8 +685,26 @@ def read_decomposition(path: str | os.PathLike, expected: dict | None = None) ->
     prov = check_provenance(path, expected or {})
     if prov.get("kind") != "decomposition":
         raise ProvenanceError(f"{path} holds {prov.get('kind')!r}, not a decomposition")
+    out = {}
     with h5py.File(path, "r") as h5:
         _check_sources(Path(path), h5)
-        out = {k: h5[k][()] for k in h5 if isinstance(h5[k], h5py.Dataset)}
+        names = [k for k in h5 if isinstance(h5[k], h5py.Dataset)]
+        if arrays is not None:
+            missing = sorted(set(arrays) - set(names) - {"pool_mlp", "heads_cls", "labels"})
+            if missing:
+                raise KeyError(f"{path} has no arrays {missing}")
+            names = [k for k in names if k in set(arrays) | {"index"}]
+        for k in names:
+            d = h5[k]
+            if k not in PER_LAYER:
+                out[k] = d[()]
+                continue
+            pos = range(d.shape[1]) if layers is None else list(layers)
+            if sum_heads and k in ("heads", "heads_cls"):
+                out[k] = np.stack([d[:, i].astype(np.float32).sum(1) for i in pos], axis=1)
+            elif layers is None:
+                out[k] = d[()]
+            else:
+                out[k] = np.stack([d[:, i] for i in pos], axis=1)
     out["provenance"] = prov
     return out

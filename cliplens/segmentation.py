@@ -26,17 +26,26 @@ import numpy as np
 from PIL import Image
 
 
+def _resize_crop(im: Image.Image, size: int, resample) -> Image.Image:
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), resample)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def align_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Binary mask [H, W] -> [size, size] with the image preprocessing's geometry (shorter side
     resized to ``size``, centre crop), nearest neighbour."""
     m = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
-    w, h = m.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    m = m.resize((nw, nh), Image.NEAREST)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    m = m.crop((left, top, left + size, top + size))
-    return np.asarray(m) > 127
+    return np.asarray(_resize_crop(m, size, Image.NEAREST)) > 127
+
+
+def align_image(image: Image.Image, size: int) -> np.ndarray:
+    """An RGB image with the same geometry as :func:`align_mask` (bicubic), uint8 [size, size, 3],
+    for showing maps over the pixels the model saw."""
+    return np.asarray(_resize_crop(image.convert("RGB"), size, Image.BICUBIC))
 
 
 def upsample(maps: np.ndarray, size: int) -> np.ndarray:

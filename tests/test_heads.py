@@ -330,6 +330,15 @@ def test_sharded_decomposition_cache_gathers_and_sums_to_the_embeddings(tmp_path
                 for k in ("embed", "heads", "attn_bias", "mlps", "rest", "bias", "pool_mlp")
                 if k in got)
     np.testing.assert_allclose(total, got["embeddings"], atol=2e-5)
+    # partial reads: one layer's heads, and heads summed per layer, read layer by layer
+    one = read_decomposition(gathered, arrays=("heads",), layers=[1])
+    assert set(one) == {"heads", "index", "provenance"}
+    np.testing.assert_array_equal(one["heads"][:, 0], ref["heads"][:, 1])
+    sums = read_decomposition(gathered, arrays=("heads", "mlps"), sum_heads=True)
+    np.testing.assert_allclose(sums["heads"], ref["heads"].sum(2), atol=1e-6)
+    np.testing.assert_array_equal(sums["mlps"], ref["mlps"])
+    with pytest.raises(KeyError, match="no arrays"):
+        read_decomposition(gathered, arrays=("tokens",))
     with pytest.raises(ProvenanceError):
         read_decomposition(gathered, {"model": "open_clip:another"})
     (tmp_path / "shards" / "d.1-of-3.h5").unlink()

@@ -50,6 +50,11 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["inversion_train"] == 8 and stats["inversion_score"] == 2, stats
     assert "siglip2-base-patch16-512" in text and "train2017" in text
     assert "coco2017/train/tokens/images.layer-2.all" not in text
+    # study 001 as published: three LAION ViTs, each decomposed on ImageNet val and on the
+    # Waterbirds train and test splits; ImageNet-segmentation; no toy factor check
+    assert stats["heads_textspan"] == 3 and stats["heads_decompose_gather"] == 9, stats
+    assert stats["heads_spurious"] == 3 and "heads_factors" not in stats, stats
+    assert "gtsegs_ijcv.mat" in text or "imagenet-seg" in text
     assert elapsed < 60, elapsed
 
 
@@ -57,6 +62,11 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     out = snakemake(tmp_path, "-n", "--cores", "1", "--config", "device=gpu")
     assert out.returncode != 0
     assert "device" in out.stderr + out.stdout and "does not match" in out.stderr + out.stdout
+
+
+# study 001 jobs that follow TextSpan's output
+HEADS_JOBS = {"heads_textspan": 1, "heads_replacement": 1, "heads_factors": 1,
+              "heads_segmentation": 1, "heads_neighbours": 1}
 
 
 @pytest.mark.workflow
@@ -95,6 +105,37 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 10_000, fig
     samples = list((tmp_path / "results/inversion/toy--siglip2-32/checkpoints").rglob("*.png"))
     assert samples, "no sample grids were written during training"
+
+    # Study 001 on the tiny clip-vit (1 layer x 2 heads): the decomposition cache adds up to
+    # the model's embeddings; every head is explained, probed and scored; tables and figures.
+    import numpy as np
+
+    from cliplens.heads import read_decomposition
+
+    res = tmp_path / "results"
+    dec = read_decomposition(res / "cache/toy--clip-vit/toy/test/decomposition.h5",
+                             {"model": "toy:clip-vit"})
+    total = (dec["embed"] + dec["heads"].sum((1, 2)) + dec["attn_bias"].sum(1)
+             + dec["mlps"].sum(1) + dec["rest"] + dec["bias"])
+    np.testing.assert_allclose(total, dec["embeddings"], atol=1e-4)
+    ts = __import__("json").loads((res / "heads/toy--clip-vit/textspan.json").read_text())
+    assert [(h["layer"], h["head"]) for h in ts["heads"]] == [(0, 0), (0, 1)]
+    assert all(len(h["texts"]) == 3 for h in ts["heads"])
+    assert "L0.H1" in (res / "heads/toy--clip-vit/textspan.txt").read_text()
+    factors = list(csv.DictReader((res / "tables/heads/toy--clip-vit/factors.csv").open()))
+    assert len(factors) == 2 and all(r["probe_factor"] for r in factors)
+    rep = list(csv.DictReader((res / "tables/heads/toy--clip-vit/replacement.csv").open()))
+    assert {(r["task"], r["n_texts"]) for r in rep} == {
+        (t, n) for t in ("toy-colour", "toy-shape", "toy-position", "toy-size")
+        for n in ("-1", "0", "1", "3")}
+    abl = list(csv.DictReader((res / "tables/heads/toy--clip-vit/ablation.csv").open()))
+    assert {r["ablated"] for r in abl} == {"attention", "mlp", "cls_to_cls"}
+    seg = list(csv.DictReader((res / "tables/heads/toy--clip-vit/segmentation.csv").open()))
+    assert len(seg) == 2 and all(0 <= float(r["miou"]) <= 1 and r["n"] == "40" for r in seg)
+    spur = list(csv.DictReader((res / "tables/heads/toy--clip-vit/spurious.csv").open()))
+    assert {r["condition"] for r in spur} == {"before", "after"} and len(spur) == 8
+    for fig in ("ablation", "factors", "spatial_maps", "neighbours", "spurious"):
+        assert (res / f"figures/heads/toy--clip-vit/{fig}.png").stat().st_size > 10_000, fig
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
@@ -109,7 +150,9 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert "zeroshot.png" in html
     caption = re.sub(r"<[^>]+>", "", html)  # the caption's config values sit in <tt> tags
     assert "Produced with models ['toy:clip-vit', 'toy:siglip2-32']" in caption
-    for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png"):
+    for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
+                "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
+                "spurious.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
 
@@ -118,13 +161,17 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
                   {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
                    "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
-                   "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1, "all": 1}),
+                   "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
+                   **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
+                   "heads_texts": 1, "heads_ablation": 1, "heads_spurious": 1, "all": 1}),
         "templates": ({"zeroshot": {"templates": {"toy-colour": ["a {} blob"]}}},
                       {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
         "dtype": ({"cache": {"dtype": "float16"}},
                   {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
                    "zeroshot_figure": 1, "all": 1}),
         "unused dataset": ({"toy": {"shift": {"n_per_year": 31}}}, {}),
+        # TextSpan's number of texts: no decomposition, text embedding, ablation or spurious job
+        "textspan texts": ({"heads": {"textspan": {"n_texts": 2}}}, {**HEADS_JOBS, "all": 1}),
         # a reconstructor setting retrains both reconstructors but re-extracts no tokens
         "inversion steps": ({"inversion": {"train": {"steps": 21}}},
                             {"inversion_train": 2, "inversion_reconstruct": 2, "inversion_score": 1,

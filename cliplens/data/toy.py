@@ -128,6 +128,16 @@ class ToyDataset(ImageDataset):
     def images(self, start: int, stop: int) -> list[Image.Image]:
         return to_pil(self._images[start:stop])
 
+    def mask(self, i: int) -> np.ndarray:
+        """The object's pixel mask of image ``i``, bool [S, S] (the split's masks are read on
+        the first call)."""
+        if getattr(self, "_masks", None) is None:
+            with h5py.File(self.path, "r") as h5:
+                if "masks" not in h5[self.split]:
+                    raise KeyError(f"{self.path}/{self.split} has no masks")
+                self._masks = h5[self.split]["masks"][()]
+        return self._masks[i].astype(bool)
+
     def describe(self) -> dict:
         return {"dataset": self.name, "split": self.split, "n": len(self),
                 "image_key": self.image_key}
