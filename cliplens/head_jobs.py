@@ -327,9 +327,10 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
                      out_csv, out_png) -> pd.DataFrame:
     """Zero-shot segmentation with the spatial map of each image's predicted class (per-token
     contributions of the last ``cfg['layers']`` layers on ``w_pred - mean_k w_k``), against
-    the true masks, next to a centre-prior baseline; and a figure of maps (the class map and,
-    for the heads with the largest direct-effect variance, the map of their first TextSpan
-    text)."""
+    the true masks, next to a centre-prior baseline; and a figure of maps: the class map and,
+    for each head of ``cfg['heads']`` (default: the 3 with the largest direct-effect variance)
+    and each text of ``cfg['texts']`` (default: the head's first TextSpan text), the head's
+    per-token map on that text.  Heads must lie in the last ``cfg['layers']`` layers."""
     import torch
 
     from .data.registry import open_dataset
@@ -341,11 +342,32 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
     n = len(ds) if cfg["images"] is None else min(len(ds), int(cfg["images"]))
     texts, R, _ = read_texts(texts_path, spec)
     ts = json.loads(open(textspan_json).read())
-    shown = sorted(ts["heads"], key=lambda x: -x["variance"])[:3]
-    text_dir = {(x["layer"], x["head"]): R[texts.index(x["texts"][0])] - R.mean(0)
-                for x in shown if x["texts"]}
+    by_head = {(x["layer"], x["head"]): x for x in ts["heads"]}
+    if cfg["heads"]:
+        heads_shown = [tuple(x) for x in cfg["heads"]]
+    else:
+        heads_shown = [(x["layer"], x["head"]) for x in
+                       sorted(ts["heads"], key=lambda x: -x["variance"])[:3] if x["texts"]]
+    if cfg["texts"]:
+        from .textsets import embed_texts
+
+        E = embed_texts(model, list(cfg["texts"]))
+        pairs = [(lh, t, E[j]) for lh in heads_shown for j, t in enumerate(cfg["texts"])]
+    else:
+        missing = [lh for lh in heads_shown if not by_head.get(lh, {}).get("texts")]
+        if missing:
+            raise ValueError(f"heads.segmentation.heads {missing} have no TextSpan texts: "
+                             "explain them (heads.textspan.layers) or give heads.segmentation.texts")
+        pairs = [(lh, by_head[lh]["texts"][0], R[texts.index(by_head[lh]["texts"][0])])
+                 for lh in heads_shown]
+    # each map scores what raises the text against an average text of the set
+    text_dir = {(lh, t): e - R.mean(0) for lh, t, e in pairs}
     blocks = len(list(model.vision_blocks))
     keep = list(range(max(0, blocks - int(cfg["layers"])), blocks))
+    outside = sorted({lh for lh, _ in text_dir if lh[0] not in keep})
+    if outside:
+        raise ValueError(f"heads.segmentation.heads {outside} lie outside the last "
+                         f"{cfg['layers']} layers (blocks {keep}): raise heads.segmentation.layers")
     maps, masks, preds = [], [], []
     show: dict[str, list] = {"image": [], "mask": [], "class": [], "pred": []}
     show.update({k: [] for k in text_dir})
@@ -370,11 +392,11 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
             show["class"] += list(maps[-1][:k])
             show["pred"] += [classnames[j] for j in pred[:k]]
             li = {l: j for j, l in enumerate(dec.layers)}
-            for (layer, h), d in text_dir.items():
+            for ((layer, h), t), d in text_dir.items():
                 if layer in li:
                     hm = token_maps(tokens[:k, li[layer]:li[layer] + 1, h:h + 1], d,
                                     has_cls=dec.kind == "cls")[:, 0, 0]
-                    show[(layer, h)] += list(upsample(hm, size))
+                    show[((layer, h), t)] += list(upsample(hm, size))
         del dec, tokens
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     maps = np.concatenate(maps)
@@ -390,13 +412,13 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
     table = pd.DataFrame(rows)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    heads_shown = {f"L{l}.H{h}: '{next(x['texts'][0] for x in shown if (x['layer'], x['head']) == (l, h))}'":
-                   show[(l, h)] for (l, h) in text_dir if show[(l, h)]}
-    plot_spatial_maps(show, heads_shown, out_png, title=(
+    columns = {f"L{l}.H{h}: '{t}'": show[((l, h), t)] for (l, h), t in text_dir
+                if show[((l, h), t)]}
+    plot_spatial_maps(show, columns, out_png, title=(
         f"{spec}: spatial maps on {cfg['dataset']}/{cfg['split']} (red = raises the text's "
         f"score). 'class map': per-token direct effects of the last {len(keep)} layers on the "
-        f"predicted class text minus the mean class;\nhead maps: one head on its first "
-        f"TextSpan text.  Scores over {n} images: mIoU {rows[0]['miou']:.3f} "
+        f"predicted class text minus the mean class;\nhead maps: one head on a text (default: "
+        f"its first TextSpan text) minus the mean text.  Scores over {n} images: mIoU {rows[0]['miou']:.3f} "
         f"(centre prior {rows[1]['miou']:.3f})"))
     return table
 
