@@ -257,6 +257,12 @@ def decomposition_shard_paths(wildcards):
     ]
 
 
+def heads_text_files():
+    """Text files of heads.textspan.text_sets (file:PATH): editing one re-embeds the texts."""
+    sets = HEADS["textspan"]["text_sets"]
+    return [t[len("file:") :] for t in sets if t.startswith("file:")]
+
+
 def heads_fit_cache(wildcards):
     fit = HEADS["fit"]
     return decomposition_path(wildcards.model, fit["dataset"], fit["split"])

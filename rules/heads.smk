@@ -73,6 +73,7 @@ rule heads_decompose_gather:
 rule heads_texts:
     input:
         model=lambda w: model_inputs(w.model),
+        files=heads_text_files(),
     output:
         f"{R}/heads/{{model}}/texts.npz",
     log:
