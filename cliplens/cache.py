@@ -288,7 +288,7 @@ def gather_shards(
     if require_complete and total is not None and (start, stop) != (0, total):
         raise ShardError(f"shards cover rows [{start}, {stop}) of a dataset of {total}: "
                          "some shards are missing")
-    n, tail = stop - start, tuple(ref["shape"][1:])
+    n = stop - start
     folder = out_path.parent.resolve()
     rel = [os.path.relpath(Path(s["path"]).resolve(), folder) for s in infos]
 

@@ -118,3 +118,22 @@ def test_textspan_projection_of_other_images():
     one = res.project(new, n_texts=1) - res.mean
     np.testing.assert_allclose(one, np.outer((new - res.mean) @ res.basis[0], res.basis[0]),
                                atol=1e-9)
+
+
+def test_balanced_rows_remove_the_label_attribute_correlation():
+    from cliplens.head_jobs import balanced_rows, explained_heads
+
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 2, 1000)
+    attr = np.where(rng.random(1000) < 0.95, labels, 1 - labels)   # 95 % agreement
+    rows = balanced_rows(labels, attr)
+    y, a = labels[rows], attr[rows]
+    counts = {(i, j): int(((y == i) & (a == j)).sum()) for i in (0, 1) for j in (0, 1)}
+    assert len(set(counts.values())) == 1 and min(counts.values()) >= 2
+    assert abs(np.corrcoef(y, a)[0, 1]) < 1e-12
+    assert len(np.unique(rows)) == len(rows)
+    with pytest.raises(ValueError, match="fewer than 2"):
+        balanced_rows(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 1]))
+    prov = {"layers": [2, 3, 5], "heads": 2}
+    assert explained_heads(prov, 2) == [(3, 0), (3, 1), (5, 0), (5, 1)]
+    assert len(explained_heads(prov, None)) == 6
