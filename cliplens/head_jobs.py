@@ -76,6 +76,16 @@ def explained_heads(prov: Mapping[str, Any], last: int | None) -> list[tuple[int
     return [(layers[i], h) for i in range(first, len(layers)) for h in range(int(prov["heads"]))]
 
 
+def chosen_heads(textspan_result: Mapping[str, Any], listed: Sequence, n: int
+                 ) -> list[tuple[int, int]]:
+    """The (block, head) pairs ``listed`` in the config, or else the ``n`` explained heads with
+    the largest direct-effect variance (from :func:`run_textspan`'s result)."""
+    if listed:
+        return [tuple(x) for x in listed]
+    ranked = sorted(textspan_result["heads"], key=lambda x: -x["variance"])
+    return [(x["layer"], x["head"]) for x in ranked[:n]]
+
+
 def load_heads(path, spec: str, heads: Sequence[tuple[int, int]]
                ) -> tuple[dict[tuple[int, int], np.ndarray], dict]:
     """The direct effects [n, D] (float64) of the (block, head) pairs ``heads`` of a cache
@@ -343,11 +353,7 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
     texts, R, _ = read_texts(texts_path, spec)
     ts = json.loads(open(textspan_json).read())
     by_head = {(x["layer"], x["head"]): x for x in ts["heads"]}
-    if cfg["heads"]:
-        heads_shown = [tuple(x) for x in cfg["heads"]]
-    else:
-        heads_shown = [(x["layer"], x["head"]) for x in
-                       sorted(ts["heads"], key=lambda x: -x["variance"])[:3] if x["texts"]]
+    heads_shown = chosen_heads(ts, cfg["heads"], 3)
     if cfg["texts"]:
         from .textsets import embed_texts
 
@@ -368,7 +374,7 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
     if outside:
         raise ValueError(f"heads.segmentation.heads {outside} lie outside the last "
                          f"{cfg['layers']} layers (blocks {keep}): raise heads.segmentation.layers")
-    maps, masks, preds = [], [], []
+    maps, masks = [], []
     show: dict[str, list] = {"image": [], "mask": [], "class": [], "pred": []}
     show.update({k: [] for k in text_dir})
     size = None
@@ -384,7 +390,6 @@ def run_segmentation(spec: str, model, roots, cfg: Mapping[str, Any], texts_path
         m = token_maps(tokens, class_direction(W, pred), has_cls=dec.kind == "cls").sum((1, 2))
         maps.append(upsample(m, size))
         masks += [align_mask(ds.mask(i), size) for i in range(a, b)]
-        preds.append(pred)
         k = max(0, min(b, cfg["show"]) - a)
         if k:
             show["image"] += [align_image(im, size) for im in images[:k]]
@@ -435,11 +440,7 @@ def run_neighbours(spec: str, fit_cache, textspan_json, roots, cfg: Mapping[str,
 
     ts = json.loads(open(textspan_json).read())
     by_head = {(x["layer"], x["head"]): x for x in ts["heads"]}
-    if cfg["heads"]:
-        chosen = [tuple(x) for x in cfg["heads"]]
-    else:
-        chosen = [(x["layer"], x["head"]) for x in
-                  sorted(ts["heads"], key=lambda x: -x["variance"])[:cfg["auto"]]]
+    chosen = chosen_heads(ts, cfg["heads"], cfg["auto"])
     effects, dec = load_heads(fit_cache, spec, chosen)
     p = dec["provenance"]
     ds = open_dataset(p["dataset"], p["split"], **roots)
@@ -566,10 +567,7 @@ def run_spurious(spec: str, model, task_name: str, fit_cache, eval_cache, roots,
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt
 
     return plt
 

@@ -137,3 +137,12 @@ def test_balanced_rows_remove_the_label_attribute_correlation():
     prov = {"layers": [2, 3, 5], "heads": 2}
     assert explained_heads(prov, 2) == [(3, 0), (3, 1), (5, 0), (5, 1)]
     assert len(explained_heads(prov, None)) == 6
+
+
+def test_chosen_heads_listed_or_by_variance():
+    from cliplens.head_jobs import chosen_heads
+
+    ts = {"heads": [{"layer": 0, "head": 0, "variance": 1.0}, {"layer": 0, "head": 1,
+                    "variance": 3.0}, {"layer": 1, "head": 0, "variance": 2.0}]}
+    assert chosen_heads(ts, [], 2) == [(0, 1), (1, 0)]
+    assert chosen_heads(ts, [[1, 0]], 2) == [(1, 0)]
