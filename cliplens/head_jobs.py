@@ -21,7 +21,8 @@ from .head_analysis import (ablation_curves, centre_prior, class_direction, grou
                             token_maps, variance_shares)
 from .heads import read_decomposition
 from .io import atomic_path, write_json_atomic, write_text_atomic
-from .textspan import accuracy, embeddings_from_terms, pc_explanations, textspan
+from .textspan import (accuracy, embeddings_from_terms, pc_explanations, project_on_basis,
+                       textspan)
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,12 @@ def run_texts(model, sources: Sequence[str], n_words: int, out_path: str | os.Pa
 
 
 def run_textspan(spec: str, fit_cache, texts_path, cfg: Mapping[str, Any], out_json, out_txt,
-                 out_csv) -> dict:
+                 out_csv, out_npz) -> dict:
     """TextSpan and PC explanations of every explained head on the fit images.  Writes the JSON
     (per head: texts, scores, cumulative explained variance, PCs with their top/bottom texts),
-    a readable text file and a table (layer, head, rank, text, score, explained)."""
+    a readable text file, a table (layer, head, rank, text, score, explained) and an npz with
+    each head's TextSpan ``basis`` [m, D] and ``mean`` [D] (``L{l}.H{h}.basis`` ...), from which
+    :func:`run_replacement` reconstructs other images without fitting again."""
     from .io import check_provenance
 
     heads_ix = explained_heads(check_provenance(fit_cache, {"model": spec}), cfg["layers"])
@@ -148,6 +151,7 @@ def run_textspan(spec: str, fit_cache, texts_path, cfg: Mapping[str, Any], out_j
     nc = cfg["n_components"]
     nc = None if nc is None else min(int(nc), D)
     out_heads, rows, lines = [], [], []
+    arrays = {"model": np.asarray(spec)}
     prov = dec["provenance"]
     lines.append(f"TextSpan of {spec} on {prov.get('dataset')}/{prov.get('split')} "
                  f"({len(dec['index'])} images), {len(texts)} texts "
@@ -158,6 +162,8 @@ def run_textspan(spec: str, fit_cache, texts_path, cfg: Mapping[str, Any], out_j
         res = textspan(C, R, cfg["n_texts"], nc, cfg["scoring"])
         pc = pc_explanations(C, R, cfg["pc_mass"], cfg["pc_texts"])
         chosen = res.texts(texts)
+        arrays[f"L{layer}.H{h}.basis"] = res.basis
+        arrays[f"L{layer}.H{h}.mean"] = res.mean
         var_total = float(((C - C.mean(0)) ** 2).sum(1).mean())
         out_heads.append({
             "layer": layer, "head": h, "texts": chosen, "scores": res.variance.tolist(),
@@ -185,6 +191,9 @@ def run_textspan(spec: str, fit_cache, texts_path, cfg: Mapping[str, Any], out_j
               "images": int(len(dec["index"])), "n_texts_available": len(texts),
               "text_sets": list(dict.fromkeys(sources)), "config": dict(cfg),
               "heads": out_heads}
+    with atomic_path(out_npz, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
     write_json_atomic(out_json, result)
     write_text_atomic(out_txt, "\n".join(lines) + "\n")
     with atomic_path(out_csv) as tmp:
@@ -193,22 +202,27 @@ def run_textspan(spec: str, fit_cache, texts_path, cfg: Mapping[str, Any], out_j
     return result
 
 
-def run_replacement(spec: str, model, fit_cache, texts_path, task_caches: Mapping[str, str],
+def run_replacement(spec: str, model, textspan_npz, task_caches: Mapping[str, str],
                     roots, cfg: Mapping[str, Any], out_csv) -> pd.DataFrame:
     """Accuracy of each task when every explained head is replaced by its TextSpan
-    reconstruction from its first n texts (fitted on the fit images, applied to the task's
-    images), for n in ``cfg['replace_n_texts']``; with the unchanged model (n = "all heads
-    kept") and all explained heads mean-ablated (n = 0) as the two ends."""
-    from .io import check_provenance
-
-    texts, R, _ = read_texts(texts_path, spec)
-    nc = cfg["n_components"]
-    nc = None if nc is None else min(int(nc), R.shape[1])
-    heads_ix = explained_heads(check_provenance(fit_cache, {"model": spec}), cfg["layers"])
-    fit, _ = load_heads(fit_cache, spec, heads_ix)
+    reconstruction from its first n texts (the basis :func:`run_textspan` fitted on the fit
+    images, applied to the task's images), for n in ``cfg['replace_n_texts']``; with the
+    unchanged model (n = -1) and all explained heads mean-ablated (n = 0) as the two ends."""
+    fits = {}
+    with np.load(textspan_npz, allow_pickle=False) as z:
+        if str(z["model"]) != spec:
+            raise ValueError(f"{textspan_npz}: TextSpan of {z['model']}, not {spec}")
+        for k in z.files:
+            if k.endswith(".basis"):
+                name = k[: -len(".basis")]
+                layer, head = (int(x[1:]) for x in name.split("."))
+                fits[(layer, head)] = (z[k], z[name + ".mean"])
     n_max = max(cfg["replace_n_texts"])
-    fits = {k: textspan(C, R, n_max, nc, cfg["scoring"]) for k, C in fit.items()}
-    del fit
+    short = [f"L{l}.H{h}" for (l, h), (B, _) in fits.items() if len(B) < n_max]
+    if short:
+        raise ValueError(f"heads.textspan.replace_n_texts asks for {n_max} texts but TextSpan "
+                         f"chose fewer for {short}: raise heads.textspan.n_texts")
+    heads_ix = list(fits)
     rows = []
     for task, path in task_caches.items():
         ev = _layer_sums(path, spec)
@@ -224,7 +238,7 @@ def run_replacement(spec: str, model, fit_cache, texts_path, task_caches: Mappin
         rows.append({"task": task, "n_texts": 0, "accuracy": accuracy(ablated, W, labels),
                      "what": "mean-ablated"})
         for n in sorted(cfg["replace_n_texts"]):
-            rep = total - removed + sum(fits[k].project(C, n) for k, C in effects.items())
+            rep = total - removed + sum(project_on_basis(C, *fits[k], n) for k, C in effects.items())
             rows.append({"task": task, "n_texts": n, "accuracy": accuracy(rep, W, labels),
                          "what": "replaced"})
         rows.append({"task": task, "n_texts": -1, "accuracy": base, "what": "original"})

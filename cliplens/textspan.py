@@ -66,9 +66,16 @@ class TextSpanResult:
         """Reconstruction of other images' direct effects ``C`` [N', D] from the first
         ``n_texts`` picks (None = all): ``mean + (C - mean) B^T B`` with ``B`` the first rows of
         ``basis``.  On the fitted images with every pick this equals ``reconstruction``."""
-        B = self.basis[: len(self.basis) if n_texts is None else int(n_texts)]
-        X = np.asarray(C, dtype=np.float64) - self.mean
-        return self.mean + (X @ B.T) @ B
+        return project_on_basis(C, self.basis, self.mean, n_texts)
+
+
+def project_on_basis(C: np.ndarray, basis: np.ndarray, mean: np.ndarray,
+                     n: int | None = None) -> np.ndarray:
+    """``mean + (C - mean) B^T B`` with ``B`` the first ``n`` rows (None = all) of an orthonormal
+    ``basis`` [m, D]: the reconstruction of direct effects ``C`` [N, D] from TextSpan's picks."""
+    B = basis[: len(basis) if n is None else int(n)]
+    X = np.asarray(C, dtype=np.float64) - mean
+    return mean + (X @ B.T) @ B
 
 
 def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int | None = 80,

@@ -64,6 +64,14 @@ def data_roots(wildcards, input):
     return roots
 
 
+def split_inputs(dataset, *splits):
+    """What a job must wait for before opening ``dataset`` at each of ``splits``."""
+    out = []
+    for split in splits:
+        out += list(dataset_inputs(dataset, split))
+    return list(dict.fromkeys(out))
+
+
 # ---- toy world (rules/toy.smk)
 TOY_DATASETS = ["toy", "toy-spurious", "toy-shift", "toy-colour-ops"]
 _TOY_SECTION = {
@@ -198,14 +206,6 @@ def inv_train_tokens(wildcards):
     )
 
 
-def inv_data(dataset, *splits):
-    """What a job must wait for before opening ``dataset`` at each of ``splits``."""
-    out = []
-    for split in splits:
-        out += list(dataset_inputs(dataset, split))
-    return list(dict.fromkeys(out))
-
-
 def inv_heldout():
     return [f"{R}/inversion/{model_slug(s)}/heldout.h5" for s in INV["extractors"]]
 
@@ -279,7 +279,7 @@ def heads_task_caches(wildcards):
 def heads_task_data(wildcards):
     out = []
     for t in HEADS["tasks"]:
-        out += inv_data(get_task(t).dataset, get_task(t).split)
+        out += split_inputs(get_task(t).dataset, get_task(t).split)
     return list(dict.fromkeys(out))
 
 

@@ -5,7 +5,7 @@
 #       image embedding into embedding term, heads, MLPs and the rest (sharded like the
 #       embedding caches: decomposition/shards/{i}-of-{n}.h5, joined by a VDS)
 #   {R}/heads/{model}/texts.npz                                 text sets and their embeddings
-#   {R}/heads/{model}/textspan.{json,txt}, {R}/tables/heads/{model}/textspan.csv
+#   {R}/heads/{model}/textspan.{json,txt,npz}, {R}/tables/heads/{model}/textspan.csv
 #   {R}/tables/heads/{model}/replacement.csv      accuracy with heads replaced by their texts
 #   {R}/tables/heads/{model}/ablation.csv, {R}/figures/heads/{model}/ablation.png
 #   {R}/tables/heads/{model}/factors.csv, {R}/heads/{model}/factors.json,
@@ -102,6 +102,7 @@ rule heads_textspan:
         json=f"{R}/heads/{{model}}/textspan.json",
         txt=f"{R}/heads/{{model}}/textspan.txt",
         csv=f"{R}/tables/heads/{{model}}/textspan.csv",
+        npz=f"{R}/heads/{{model}}/textspan.npz",
     log:
         f"{R}/logs/heads_textspan/{{model}}.log",
     conda:
@@ -120,8 +121,7 @@ rule heads_textspan:
 rule heads_replacement:
     input:
         unpack(heads_task_caches),
-        fit=heads_fit_cache,
-        texts=f"{R}/heads/{{model}}/texts.npz",
+        textspan=f"{R}/heads/{{model}}/textspan.npz",
         model=lambda w: model_inputs(w.model),
         data=heads_task_data,
     output:
@@ -182,7 +182,7 @@ rule heads_factors:
             w.model, HEADS["fit"]["dataset"], HEADS["factors"]["split"]
         ),
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: inv_data(
+        data=lambda w: split_inputs(
             HEADS["fit"]["dataset"], HEADS["fit"]["split"], HEADS["factors"]["split"]
         ),
     output:
@@ -214,10 +214,10 @@ rule heads_segmentation:
         model=lambda w: model_inputs(w.model),
         texts=f"{R}/heads/{{model}}/texts.npz",
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: inv_data(
+        data=lambda w: split_inputs(
             HEADS["segmentation"]["dataset"], HEADS["segmentation"]["split"]
         )
-        + inv_data(
+        + split_inputs(
             get_task(HEADS["segmentation"]["task"]).dataset,
             get_task(HEADS["segmentation"]["task"]).split,
         ),
@@ -250,7 +250,7 @@ rule heads_neighbours:
     input:
         fit=heads_fit_cache,
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: inv_data(HEADS["fit"]["dataset"], HEADS["fit"]["split"]),
+        data=lambda w: split_inputs(HEADS["fit"]["dataset"], HEADS["fit"]["split"]),
     output:
         report(
             f"{R}/figures/heads/{{model}}/neighbours.png",
@@ -277,7 +277,7 @@ rule heads_spurious:
     input:
         unpack(heads_spurious_caches),
         model=lambda w: model_inputs(w.model),
-        data=lambda w: inv_data(
+        data=lambda w: split_inputs(
             get_task(HEADS["spurious"]["task"]).dataset,
             HEADS["spurious"]["fit_split"],
             get_task(HEADS["spurious"]["task"]).split,

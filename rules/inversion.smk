@@ -85,7 +85,7 @@ rule inversion_train:
     input:
         tokens=inv_train_tokens,
         model=lambda w: model_inputs(w.model),
-        data=inv_data(INV["dataset"], INV["train_split"], INV["eval_split"]),
+        data=split_inputs(INV["dataset"], INV["train_split"], INV["eval_split"]),
     output:
         weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
         meta=f"{R}/inversion/{{model}}/reconstructor.json",
@@ -121,7 +121,7 @@ rule inversion_reconstruct:
         weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
         meta=f"{R}/inversion/{{model}}/reconstructor.json",
         model=lambda w: model_inputs(w.model),
-        data=inv_data(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV["dataset"], INV["eval_split"]),
     output:
         f"{R}/inversion/{{model}}/heldout.h5",
     log:
@@ -153,7 +153,7 @@ rule inversion_score:
     input:
         heldout=inv_heldout(),
         model=lambda w: model_inputs(w.scorer),
-        data=inv_data(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV["dataset"], INV["eval_split"]),
     output:
         f"{R}/inversion/scores/{{scorer}}.csv",
     log:
@@ -231,7 +231,7 @@ rule inversion_v1_vs_v2_figure:
 rule inversion_reconstructions_figure:
     input:
         heldout=inv_heldout(),
-        data=inv_data(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV["dataset"], INV["eval_split"]),
     output:
         report(
             f"{R}/figures/reconstructions.png",
@@ -262,7 +262,7 @@ rule inversion_operators:
         weights=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.safetensors",
         meta=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.json",
         model=model_inputs(INV_OP_SLUG),
-        data=inv_data(INV_OPS["dataset"], INV_OPS["test_split"]),
+        data=split_inputs(INV_OPS["dataset"], INV_OPS["test_split"]),
     output:
         arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
         table=f"{R}/tables/inversion_operators.csv",

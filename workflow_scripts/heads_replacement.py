@@ -11,5 +11,5 @@ with job_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     model = load_model(p.spec, **p.load)
     caches = {t: snakemake.input[t] for t in p.tasks}
-    run_replacement(p.spec, model, snakemake.input.fit, snakemake.input.texts, caches, p.roots,
-                    p.cfg, snakemake.output[0])
+    run_replacement(p.spec, model, snakemake.input.textspan, caches, p.roots, p.cfg,
+                    snakemake.output[0])

@@ -7,6 +7,6 @@ with job_log(snakemake.log[0]) as log:
     p = snakemake.params
     out = snakemake.output
     result = run_textspan(p.spec, snakemake.input.fit, snakemake.input.texts, p.cfg, out.json,
-                          out.txt, out.csv)
+                          out.txt, out.csv, out.npz)
     log.info("%s: %d heads explained with %d texts each", p.spec, len(result["heads"]),
              p.cfg["n_texts"])
