@@ -366,6 +366,38 @@ def test_grouped_batches_are_deterministic_and_groups_share_the_factors(share, f
         assert len(set(keys)) == len(keys)
 
 
+def test_distinct_groups_hold_different_label_combinations():
+    """share = every factor but shape, group_size 6, distinct: each group is the 6 shapes once
+    (no false negative in a group); without distinct, random groups repeat shapes."""
+    labels = _labels(4000)
+    share = ["colour", "size", "background", "position"]
+    batching = {"kind": "grouped", "share": share, "group_size": 6, "grouped_fraction": 1.0}
+    s = toymod.BatchSampler(4000, 60, torch.Generator().manual_seed(0), dict(batching, distinct=True), labels)
+    plain = toymod.BatchSampler(4000, 60, torch.Generator().manual_seed(0), batching, labels)
+    repeats = 0
+    for _ in range(5):
+        idx, idx0 = s.next().numpy(), plain.next().numpy()
+        assert len(set(idx.tolist())) == 60
+        for j in range(10):
+            group = idx[6 * j:6 * j + 6]
+            assert sorted(labels["shape"][group].tolist()) == list(range(6)), group
+            for f in share:
+                assert len(set(labels[f][group].tolist())) == 1
+            repeats += len(set(labels["shape"][idx0[6 * j:6 * j + 6]].tolist())) < 6
+    assert repeats > 0  # the check above can fail: plain groups do repeat shapes
+    # sharing all but size: groups of 2 (small, large), then random pairs; all five: refused
+    both = toymod.BatchSampler(4000, 60, torch.Generator().manual_seed(1), dict(
+        batching, distinct=True, share=[share, ["colour", "shape", "background", "position"]]),
+        labels).next().numpy()
+    assert sorted(labels["shape"][both[:6]].tolist()) == list(range(6))
+    assert sorted(labels["size"][both[6:8]].tolist()) == [0, 1]
+    assert len(set(labels["shape"][both[6:8]].tolist())) == 1
+    assert sorted(labels["shape"][both[8:14]].tolist()) == list(range(6))
+    with pytest.raises(ValueError, match="distinct"):
+        toymod.BatchSampler(4000, 60, torch.Generator(), dict(
+            batching, distinct=True, share=share + ["shape"]), labels)
+
+
 def test_grouped_batching_trains_through_train_toy(splits):
     cfg = dict(TINY["clip-vit"], train=dict(_TINY_TRAIN, batching={"kind": "grouped", "group_size": 4}))
     a, _ = toymod.train_toy("g", cfg, splits["train"], None, progress=False)

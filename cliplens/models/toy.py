@@ -416,8 +416,13 @@ class BatchSampler:
     the batch is filled from the epoch permutation, without repeating an image.  ``share`` is
     a list of factors, or a list of such lists used in turn group by group.  Each group comes
     from a different bucket (combination of the shared factors) where there are enough; a
-    bucket picks proportionally to its size, its members uniformly without replacement.  The
-    labels only choose which pairs meet in a batch; the loss never sees them.
+    bucket picks proportionally to its size, its members uniformly without replacement.  With
+    ``distinct: true`` no two members of a group have the same labels on every factor (e.g.
+    sharing everything but shape, a group of up to 6 holds 6 different shapes): a group then
+    takes one member from each of ``g`` different label combinations of its bucket, so the
+    captions inside a group always describe different images and no in-group negative is a
+    false one; ``g`` is ``group_size`` or, if fewer, the most combinations any bucket of that
+    alternative has (2 when only size may differ), and the rest of the batch is random pairs.  The labels only choose which pairs meet in a batch; the loss never sees them.
     """
 
     def __init__(self, n: int, batch_size: int, gen: torch.Generator,
@@ -442,7 +447,14 @@ class BatchSampler:
         if frac > 0:
             self.n_groups = max(1, self.n_groups)
         self.n_groups = min(self.n_groups, self.bs // self.g)
-        self.alts = []  # per alternative: (bucket members list, bucket weights)
+        self.distinct = bool(b.get("distinct", False))
+        full = None
+        if self.distinct:  # one id per combination of every label factor there is
+            have = [f for f in BATCHING_FACTORS if f in labels]
+            _, full = np.unique(np.stack([np.asarray(labels[f], dtype=np.int64) for f in have], 1),
+                                axis=0, return_inverse=True)
+            full = full.reshape(-1)
+        self.alts = []  # per alternative: (bucket members list, bucket weights, group size)
         for factors in alts:
             missing = [f for f in factors if f not in labels]
             if missing:
@@ -456,7 +468,18 @@ class BatchSampler:
             inv = inv.reshape(-1)
             members = [torch.from_numpy(np.flatnonzero(inv == k)) for k in range(int(inv.max()) + 1)]
             weights = torch.tensor([float(len(m)) for m in members], dtype=torch.float64)
-            self.alts.append((members, weights))
+            g = self.g
+            if self.distinct:  # a bucket's members split by full label combination
+                members = [[m[torch.from_numpy(full[m.numpy()] == c)] for c in np.unique(full[m.numpy()])]
+                           for m in members]
+                g = min(g, max(len(m) for m in members))  # e.g. 2 when only size may differ
+                if g < 2:
+                    raise ValueError(f"train.batching.distinct: sharing {factors}, every pair of "
+                                     "a group would have the same labels; share fewer factors")
+                # a full group needs g combinations; weight stays the bucket's size
+                weights = weights * torch.tensor([float(len(m) >= g) for m in members],
+                                                 dtype=torch.float64)
+            self.alts.append((members, weights, g))
 
     def _random(self, k: int, exclude: set[int]) -> list[torch.Tensor]:
         out, need = [], k
@@ -471,6 +494,14 @@ class BatchSampler:
             need -= len(chunk)
         return out
 
+    def _draw(self, members) -> torch.Tensor:
+        """A bucket's members in random order; ``distinct``: one random member of each of its
+        label combinations, the combinations in random order."""
+        if not self.distinct:
+            return members[torch.randperm(len(members), generator=self.gen)]
+        picks = [m[torch.randint(len(m), (1,), generator=self.gen)] for m in members]
+        return torch.cat(picks)[torch.randperm(len(picks), generator=self.gen)]
+
     def next(self) -> torch.Tensor:
         if self.kind == "random":
             if self.pos + self.bs > self.n:
@@ -479,9 +510,9 @@ class BatchSampler:
             self.pos += self.bs
             return idx
         chosen: list[list[torch.Tensor]] = []  # per alternative, its groups
-        for a, (members, weights) in enumerate(self.alts):
+        for a, (members, weights, g) in enumerate(self.alts):
             count = len(range(a, self.n_groups, len(self.alts)))
-            eligible = weights * (weights >= self.g)
+            eligible = weights * (weights >= g)
             if count == 0:
                 buckets = []
             elif count <= int((eligible > 0).sum()):  # distinct buckets, each with a full group
@@ -490,14 +521,13 @@ class BatchSampler:
             else:
                 buckets = torch.multinomial(weights, count, replacement=True,
                                             generator=self.gen).tolist()
-            chosen.append([members[bk][torch.randperm(len(members[bk]), generator=self.gen)]
-                           for bk in buckets])
+            chosen.append([self._draw(members[bk]) for bk in buckets])
         parts, used = [], set()
         for j in range(self.n_groups):  # alternatives in turn; no image twice in a batch
             cand = chosen[j % len(self.alts)][j // len(self.alts)]
             if used:
                 cand = cand[[int(i) not in used for i in cand]]
-            parts.append(cand[:self.g])
+            parts.append(cand[:self.alts[j % len(self.alts)][2]])
             used.update(parts[-1].tolist())
         idx = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
         rest = self.bs - len(idx)
