@@ -2,7 +2,7 @@
 
     python benchmarks/train_toy_models.py [--config config.yaml] [--data results/data/toy/toy.h5]
         [--models clip-vit siglip-32 ...] [--threads 2] [--json out.json] [--save-root DIR]
-        [--set clip-vit.vision.pos_embed=sin_cos_2d --set clip-vit.train.steps=600 ...]
+        [--set clip-vit.vision.pos_embed=sin_cos_2d --set clip-vit.train.steps=600 ...] [--probe]
 
 ``--set NAME.KEY.SUBKEY=VALUE`` (VALUE parsed as YAML) overrides one key of ``toy_models.NAME``
 for this run only, to try a recipe without editing the config.
@@ -10,6 +10,9 @@ for this run only, to try a recipe without editing the config.
 Without ``--data`` the toy world is drawn from the config's ``toy`` section first (about 25 s).
 Accuracies are zero-shot top-1 on the toy *test* split with the toy world's class names and
 templates (the classifier is the normalised mean of normalised template embeddings).
+``--probe`` also fits a logistic regression per factor (scikit-learn, C = 10) on the *val*
+image embeddings and scores it on *test*: what the image embedding encodes linearly, against
+what zero-shot prompts recover from it.
 Times are wall-clock seconds with ``--threads`` torch threads: ``prep`` builds the model,
 preprocesses the train images and tokenises the captions; ``train`` is the optimisation loop.
 Targets (TOY_WORLD.md), clip-vit: colour >= 0.95, shape >= 0.85, position >= 0.90,
@@ -50,6 +53,23 @@ def apply_override(toy_models: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+def linear_probe(toy, val, test) -> dict[str, float]:
+    """Test accuracy per factor of a logistic regression (C = 10) fitted on the val split's
+    L2-normalised image embeddings."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from cliplens.models.toy import embed_images
+
+    xv = embed_images(toy, toy.preprocess(val["images"])).numpy()
+    xt = embed_images(toy, toy.preprocess(test["images"])).numpy()
+    out = {}
+    for f in FACTORS:
+        clf = LogisticRegression(C=10.0, max_iter=3000).fit(xv, np.asarray(val["labels"][f]))
+        out[f] = round(float(clf.score(xt, np.asarray(test["labels"][f]))), 4)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
@@ -59,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here as JSON")
     ap.add_argument("--save-root", default=None, help="also save each model under DIR/NAME")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--probe", action="store_true",
+                    help="also a linear probe per factor (val -> test image embeddings)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
                     help="override toy_models.NAME.KEY (dotted; VALUE is YAML), repeatable")
     args = ap.parse_args(argv)
@@ -85,6 +107,7 @@ def main(argv=None) -> int:
         toy, meta = train_toy(name, cfg["toy_models"][name], train, val,
                               progress=not args.quiet)
         acc = zeroshot_accuracies(toy, test, factors=FACTORS)
+        probe = linear_probe(toy, val, test) if args.probe else None
         if args.save_root:
             save_toy_model(toy, meta, os.path.join(args.save_root, name))
         row = {"name": name, "family": meta["family"], "captions": meta["captions"],
@@ -92,8 +115,11 @@ def main(argv=None) -> int:
                "steps": meta["steps"], "prep_s": meta["prep_seconds"],
                "train_s": meta["train_seconds"], "final_loss": meta["final_loss"],
                "test": acc, "val": meta.get("zeroshot", {})}
+        if probe is not None:
+            row["probe"] = probe
         rows.append(row)
-        print(f"{name}: train {row['train_s']:.1f} s, test {acc}", file=sys.stderr, flush=True)
+        print(f"{name}: train {row['train_s']:.1f} s, test {acc}"
+              + (f", probe {probe}" if probe else ""), file=sys.stderr, flush=True)
 
     head = (f"{'model':<14} {'family':<8} {'capt':<5} {'px':>3} {'params':>9} {'steps':>5} "
             f"{'prep s':>6} {'train s':>7} {'loss':>6} " + " ".join(f"{f:>8}" for f in FACTORS))
@@ -104,6 +130,8 @@ def main(argv=None) -> int:
         print(f"{r['name']:<14} {r['family']:<8} {r['captions']:<5} {r['image_size']:>3} "
               f"{r['parameters']:>9,} {r['steps']:>5} {r['prep_s']:>6.1f} {r['train_s']:>7.1f} "
               f"{r['final_loss']:>6.3f} " + " ".join(f"{r['test'][f]:>8.3f}" for f in FACTORS))
+        if "probe" in r:
+            print(f"{'  linear probe':<66} " + " ".join(f"{r['probe'][f]:>8.3f}" for f in FACTORS))
     vit = next((r for r in rows if r["name"] == "clip-vit"), None)
     if vit is not None:
         ok = {f: vit["test"][f] >= t for f, t in TARGETS.items()}
