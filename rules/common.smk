@@ -112,6 +112,14 @@ def _cuda_visible():
     return torch.cuda.is_available()
 
 
+def toy_train_priority(wildcards):
+    """Longest training first: the toy model's optimiser steps x pairs per step, in thousands.
+    Among jobs that are ready, Snakemake starts higher priorities first, so the longest
+    training (the toy CLIP) does not start last and stretch the run."""
+    train = config["toy_models"][wildcards.toy_model]["train"]
+    return int(train["steps"]) * int(train["batch_size"]) / 1000.0
+
+
 def model_threads(slug):
     """Torch threads of a job running model ``slug``: 1 for toy models (too small to gain from
     intra-op threads; jobs run side by side instead), 8 for real ones (Snakemake caps it at

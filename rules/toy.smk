@@ -31,6 +31,7 @@ rule train_toy_model:
         f"{R}/logs/train_toy_model/{{toy_model}}.log",
     benchmark:
         f"{R}/benchmarks/train_toy_model/{{toy_model}}.tsv"
+    priority: toy_train_priority
     conda:
         "../envs/cliplens.yaml"
     threads: 1  # toy models are too small to gain from a second thread: two train side by side
