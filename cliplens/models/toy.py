@@ -422,7 +422,8 @@ class BatchSampler:
     takes one member from each of ``g`` different label combinations of its bucket, so the
     captions inside a group always describe different images and no in-group negative is a
     false one; ``g`` is ``group_size`` or, if fewer, the most combinations any bucket of that
-    alternative has (2 when only size may differ), and the rest of the batch is random pairs.  The labels only choose which pairs meet in a batch; the loss never sees them.
+    alternative has (2 when only size may differ), and the rest of the batch is random pairs.
+    The labels only choose which pairs meet in a batch; the loss never sees them.
     """
 
     def __init__(self, n: int, batch_size: int, gen: torch.Generator,
