@@ -10,8 +10,8 @@ for this run only, to try a recipe without editing the config.
 Without ``--data`` the toy world is drawn from the config's ``toy`` section first (about 25 s).
 Accuracies are zero-shot top-1 on the toy *test* split with the toy world's class names and
 templates (the classifier is the normalised mean of normalised template embeddings).
-``--probe`` also fits a logistic regression per factor (scikit-learn, C = 10) on the *val*
-image embeddings and scores it on *test*: what the image embedding encodes linearly, against
+``--probe`` also fits a logistic regression per factor (``cliplens.head_analysis.probe_factors``)
+on the *val* image embeddings and scores it on *test*: what the image embedding encodes linearly, against
 what zero-shot prompts recover from it.
 Times are wall-clock seconds with ``--threads`` torch threads: ``prep`` builds the model,
 preprocesses the train images and tokenises the captions; ``train`` is the optimisation loop.
@@ -54,20 +54,14 @@ def apply_override(toy_models: dict, item: str) -> None:
 
 
 def linear_probe(toy, val, test) -> dict[str, float]:
-    """Test accuracy per factor of a logistic regression (C = 10) fitted on the val split's
-    L2-normalised image embeddings."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
+    """Test accuracy per factor of :func:`cliplens.head_analysis.probe_factors` (a logistic
+    regression on standardised features) fitted on the val split's image embeddings."""
+    from cliplens.head_analysis import probe_factors
     from cliplens.models.toy import embed_images
 
-    xv = embed_images(toy, toy.preprocess(val["images"])).numpy()
-    xt = embed_images(toy, toy.preprocess(test["images"])).numpy()
-    out = {}
-    for f in FACTORS:
-        clf = LogisticRegression(C=10.0, max_iter=3000).fit(xv, np.asarray(val["labels"][f]))
-        out[f] = round(float(clf.score(xt, np.asarray(test["labels"][f]))), 4)
-    return out
+    xv, xt = (embed_images(toy, toy.preprocess(s["images"])).numpy() for s in (val, test))
+    probes = probe_factors(xv, {f: val["labels"][f] for f in FACTORS}, xt, test["labels"])
+    return {f: round(p["accuracy"], 4) for f, p in probes.items()}
 
 
 def main(argv=None) -> int:
