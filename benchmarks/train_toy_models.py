@@ -3,6 +3,7 @@
     python benchmarks/train_toy_models.py [--config config.yaml] [--data results/data/toy/toy.h5]
         [--models clip-vit siglip-32 ...] [--threads 2] [--json out.json] [--save-root DIR]
         [--set clip-vit.vision.pos_embed=sin_cos_2d --set clip-vit.train.steps=600 ...] [--probe]
+        [--captioned]
 
 ``--set NAME.KEY.SUBKEY=VALUE`` (VALUE parsed as YAML) overrides one key of ``toy_models.NAME``
 for this run only, to try a recipe without editing the config.
@@ -12,7 +13,9 @@ Accuracies are zero-shot top-1 on the toy *test* split with the toy world's clas
 templates (the classifier is the normalised mean of normalised template embeddings).
 ``--probe`` also fits a logistic regression per factor (``cliplens.head_analysis.probe_factors``)
 on the *val* image embeddings and scores it on *test*: what the image embedding encodes linearly, against
-what zero-shot prompts recover from it.
+what zero-shot prompts recover from it.  ``--captioned`` scores each factor with prompts that
+also name the image's other (true) factors, in the rich captions' first template: how well the
+embeddings align with whole captions, against one-factor prompts.
 Times are wall-clock seconds with ``--threads`` torch threads: ``prep`` builds the model,
 preprocesses the train images and tokenises the captions; ``train`` is the optimisation loop.
 Targets (TOY_WORLD.md), clip-vit: colour >= 0.95, shape >= 0.85, position >= 0.90,
@@ -64,6 +67,40 @@ def linear_probe(toy, val, test) -> dict[str, float]:
     return {f: round(p["accuracy"], 4) for f, p in probes.items()}
 
 
+def captioned_accuracy(toy, test) -> dict[str, float]:
+    """Zero-shot accuracy per factor when the prompt names the image's other factors.
+
+    For test image i and factor f, the candidates are the first rich caption template filled
+    with the image's true labels (canonical phrases) except f, which takes each of f's values;
+    the prediction is the candidate whose text embedding has the largest cosine with the image
+    embedding.  Against the one-factor prompts of :func:`zeroshot_accuracies`, this separates
+    what the image embedding holds (aligned with whole captions) from how well one-factor
+    prompts transfer to it.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    from cliplens.models.toy import embed_images
+
+    img = F.normalize(embed_images(toy, toy.preprocess(test["images"])).float(), dim=-1)
+    lab = {k: np.asarray(v) for k, v in test["labels"].items() if k in toyworld.FACTORS}
+    words = {k: [toyworld.PHRASES[k][v][0] for v in toyworld.FACTORS[k]] for k in lab}
+    out = {}
+    for f in FACTORS:
+        rows = [[toyworld.RICH_TEMPLATES[0].format(**{k: (words[k][c] if k == f else
+                                                           words[k][lab[k][i]]) for k in lab})
+                 for c in range(len(words[f]))] for i in range(len(img))]
+        unique = sorted({t for r in rows for t in r})
+        with torch.no_grad():
+            emb = torch.cat([F.normalize(toy.encode_text(toy.tokenize(unique[j:j + 500])).float(),
+                                         dim=-1) for j in range(0, len(unique), 500)])
+        at = {t: j for j, t in enumerate(unique)}
+        cand = emb[torch.tensor([[at[t] for t in r] for r in rows])]  # [N, C, D]
+        pred = torch.einsum("ncd,nd->nc", cand, img).argmax(1).numpy()
+        out[f] = round(float(np.mean(pred == lab[f])), 4)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
@@ -75,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--probe", action="store_true",
                     help="also a linear probe per factor (val -> test image embeddings)")
+    ap.add_argument("--captioned", action="store_true",
+                    help="also zero-shot with prompts that name the image's other factors")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.KEY=VALUE",
                     help="override toy_models.NAME.KEY (dotted; VALUE is YAML), repeatable")
     args = ap.parse_args(argv)
@@ -102,6 +141,7 @@ def main(argv=None) -> int:
                               progress=not args.quiet)
         acc = zeroshot_accuracies(toy, test, factors=FACTORS)
         probe = linear_probe(toy, val, test) if args.probe else None
+        captioned = captioned_accuracy(toy, test) if args.captioned else None
         if args.save_root:
             save_toy_model(toy, meta, os.path.join(args.save_root, name))
         row = {"name": name, "family": meta["family"], "captions": meta["captions"],
@@ -111,9 +151,12 @@ def main(argv=None) -> int:
                "test": acc, "val": meta.get("zeroshot", {})}
         if probe is not None:
             row["probe"] = probe
+        if captioned is not None:
+            row["captioned"] = captioned
         rows.append(row)
         print(f"{name}: train {row['train_s']:.1f} s, test {acc}"
-              + (f", probe {probe}" if probe else ""), file=sys.stderr, flush=True)
+              + (f", probe {probe}" if probe else "")
+              + (f", captioned {captioned}" if captioned else ""), file=sys.stderr, flush=True)
 
     head = (f"{'model':<14} {'family':<8} {'capt':<5} {'px':>3} {'params':>9} {'steps':>5} "
             f"{'prep s':>6} {'train s':>7} {'loss':>6} " + " ".join(f"{f:>8}" for f in FACTORS))
@@ -126,6 +169,9 @@ def main(argv=None) -> int:
               f"{r['final_loss']:>6.3f} " + " ".join(f"{r['test'][f]:>8.3f}" for f in FACTORS))
         if "probe" in r:
             print(f"{'  linear probe':<66} " + " ".join(f"{r['probe'][f]:>8.3f}" for f in FACTORS))
+        if "captioned" in r:
+            print(f"{'  other factors named':<66} "
+                  + " ".join(f"{r['captioned'][f]:>8.3f}" for f in FACTORS))
     vit = next((r for r in rows if r["name"] == "clip-vit"), None)
     if vit is not None:
         ok = {f: vit["test"][f] >= t for f, t in TARGETS.items()}
