@@ -78,22 +78,19 @@ def captioned_accuracy(toy, test) -> dict[str, float]:
     prompts transfer to it.
     """
     import numpy as np
-    import torch.nn.functional as F
 
-    from cliplens.models.toy import embed_images
+    from cliplens.models.toy import embed_images, text_classifier
 
-    img = F.normalize(embed_images(toy, toy.preprocess(test["images"])).float(), dim=-1)
+    img = embed_images(toy, toy.preprocess(test["images"]))
     lab = {k: np.asarray(v) for k, v in test["labels"].items() if k in toyworld.FACTORS}
-    words = {k: [toyworld.PHRASES[k][v][0] for v in toyworld.FACTORS[k]] for k in lab}
+    words = {k: toyworld.classnames(k) for k in lab}
     out = {}
     for f in FACTORS:
         rows = [[toyworld.RICH_TEMPLATES[0].format(**{k: (words[k][c] if k == f else
                                                            words[k][lab[k][i]]) for k in lab})
                  for c in range(len(words[f]))] for i in range(len(img))]
         unique = sorted({t for r in rows for t in r})
-        with torch.no_grad():
-            emb = torch.cat([F.normalize(toy.encode_text(toy.tokenize(unique[j:j + 500])).float(),
-                                         dim=-1) for j in range(0, len(unique), 500)])
+        emb = text_classifier(toy, unique, ("{}",))  # [U, D], normalised
         at = {t: j for j, t in enumerate(unique)}
         cand = emb[torch.tensor([[at[t] for t in r] for r in rows])]  # [N, C, D]
         pred = torch.einsum("ncd,nd->nc", cand, img).argmax(1).numpy()
