@@ -36,7 +36,7 @@ import torch
 from cliplens import toyworld
 from cliplens.config import load_config
 from cliplens.data.toy import read_split, write_toy_dataset
-from cliplens.models.toy import save_toy_model, train_toy, zeroshot_accuracies
+from cliplens.models.toy import embed_images, save_toy_model, train_toy, zeroshot_accuracies
 
 FACTORS = ("colour", "shape", "position", "size")
 TARGETS = {"colour": 0.95, "shape": 0.85, "position": 0.90, "size": 0.90}
@@ -56,18 +56,20 @@ def apply_override(toy_models: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
-def linear_probe(toy, val, test) -> dict[str, float]:
+def linear_probe(toy, val, test, test_emb) -> dict[str, float]:
     """Test accuracy per factor of :func:`cliplens.head_analysis.probe_factors` (a logistic
-    regression on standardised features) fitted on the val split's image embeddings."""
+    regression on standardised features) fitted on the val split's image embeddings;
+    ``test_emb`` [N, D] are the test split's."""
     from cliplens.head_analysis import probe_factors
     from cliplens.models.toy import embed_images
 
-    xv, xt = (embed_images(toy, toy.preprocess(s["images"])).numpy() for s in (val, test))
-    probes = probe_factors(xv, {f: val["labels"][f] for f in FACTORS}, xt, test["labels"])
+    xv = embed_images(toy, toy.preprocess(val["images"])).numpy()
+    probes = probe_factors(xv, {f: val["labels"][f] for f in FACTORS}, test_emb.numpy(),
+                           test["labels"])
     return {f: round(p["accuracy"], 4) for f, p in probes.items()}
 
 
-def captioned_accuracy(toy, test) -> dict[str, float]:
+def captioned_accuracy(toy, test, img) -> dict[str, float]:
     """Zero-shot accuracy per factor when the prompt names the image's other factors.
 
     For test image i and factor f, the candidates are the first rich caption template filled
@@ -75,13 +77,12 @@ def captioned_accuracy(toy, test) -> dict[str, float]:
     the prediction is the candidate whose text embedding has the largest cosine with the image
     embedding.  Against the one-factor prompts of :func:`zeroshot_accuracies`, this separates
     what the image embedding holds (aligned with whole captions) from how well one-factor
-    prompts transfer to it.
+    prompts transfer to it.  ``img`` [N, D] are the test images' normalised embeddings.
     """
     import numpy as np
 
-    from cliplens.models.toy import embed_images, text_classifier
+    from cliplens.models.toy import text_classifier
 
-    img = embed_images(toy, toy.preprocess(test["images"]))
     lab = {k: np.asarray(v) for k, v in test["labels"].items() if k in toyworld.FACTORS}
     words = {k: toyworld.classnames(k) for k in lab}
     out = {}
@@ -136,9 +137,11 @@ def main(argv=None) -> int:
     for name in names:
         toy, meta = train_toy(name, cfg["toy_models"][name], train, val,
                               progress=not args.quiet)
-        acc = zeroshot_accuracies(toy, test, factors=FACTORS)
-        probe = linear_probe(toy, val, test) if args.probe else None
-        captioned = captioned_accuracy(toy, test) if args.captioned else None
+        pixels = toy.preprocess(test["images"])
+        acc = zeroshot_accuracies(toy, test, factors=FACTORS, pixels=pixels)
+        emb = embed_images(toy, pixels) if args.probe or args.captioned else None
+        probe = linear_probe(toy, val, test, emb) if args.probe else None
+        captioned = captioned_accuracy(toy, test, emb) if args.captioned else None
         if args.save_root:
             save_toy_model(toy, meta, os.path.join(args.save_root, name))
         row = {"name": name, "family": meta["family"], "captions": meta["captions"],
