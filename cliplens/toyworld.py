@@ -111,6 +111,17 @@ RICH_TEMPLATES = (
     "{position}: a {size} {colour} {shape} {background}",
     "a {colour} {shape} {background}, {size}, {position}",
 )
+#: partial captions (training only): the named factors' phrases, the others left out.  The
+#: third template is used only when the position is named.
+PARTIAL_TEMPLATES = (
+    "a {size} {colour} {shape} {position} {background}",
+    "a photo of a {size} {colour} {shape} {position} {background}",
+    "{position}: a {size} {colour} {shape} {background}",
+)
+#: the noun of a partial caption that does not name the shape; none is a word of the zero-shot
+#: templates ("object", "thing", "something", "shape"; of these only "shape" occurs in a caption,
+#: in the triangle's synonym "three-sided shape").
+GENERIC_NOUNS = ("figure", "item", "mark")
 POOR_TEMPLATES_SHAPE = ("a {shape}", "a photo of a {shape}")
 POOR_TEMPLATES_COLOUR = ("a {colour} {shape}", "a photo of a {colour} {shape}")
 
@@ -251,6 +262,44 @@ def poor_caption(labels: Mapping[str, int], rng: np.random.Generator, p_colour: 
             str(rng.choice(POOR_TEMPLATES_COLOUR)).format(colour=colour, shape=shape)
         )
     return str(rng.choice(POOR_TEMPLATES_SHAPE)).format(shape=shape)
+
+
+def partial_caption(labels: Mapping[str, int], named: Iterable[str],
+                    rng: np.random.Generator) -> str:
+    """A caption naming only the factors in ``named`` (random template and synonyms); without
+    the shape its noun is one of :data:`GENERIC_NOUNS`: e.g. ``{"colour", "position"}`` ->
+    "a crimson item at the left side"."""
+    named = set(named)
+    unknown = named - set(FACTORS)
+    if unknown:
+        raise ValueError(f"unknown factors {sorted(unknown)}; have {list(FACTORS)}")
+    words = {f: str(rng.choice(PHRASES[f][FACTORS[f][labels[f]]])) if f in named else ""
+             for f in FACTORS}
+    words["shape"] = words["shape"] or str(rng.choice(GENERIC_NOUNS))
+    templates = PARTIAL_TEMPLATES if "position" in named else PARTIAL_TEMPLATES[:2]
+    text = re.sub(r"\s+", " ", str(rng.choice(templates)).format(**words)).strip()
+    return fix_articles(text)
+
+
+def partial_captions(labels: Mapping[str, np.ndarray], rng: np.random.Generator,
+                     max_factors: int = 4) -> tuple[list[str], np.ndarray]:
+    """One partial caption per image: k ~ U{1..max_factors} factors chosen uniformly without
+    replacement, then :func:`partial_caption`.  ``labels``: factor -> [N] ints (every factor of
+    :data:`FACTORS`).  Returns (N captions, ``named`` bool [N, F]: which factors each names,
+    columns in :data:`FACTORS` order)."""
+    names = list(FACTORS)
+    if not 1 <= max_factors <= len(names):
+        raise ValueError(f"max_factors must be in 1..{len(names)}, got {max_factors}")
+    cols = {f: np.asarray(labels[f]) for f in names}
+    n = len(cols[names[0]])
+    named = np.zeros((n, len(names)), dtype=bool)
+    texts = []
+    for i in range(n):
+        pick = rng.choice(len(names), int(rng.integers(1, max_factors + 1)), replace=False)
+        named[i, pick] = True
+        texts.append(partial_caption({f: int(cols[f][i]) for f in names},
+                                     {names[j] for j in pick}, rng))
+    return texts, named
 
 
 @dataclass

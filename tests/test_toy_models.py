@@ -30,6 +30,7 @@ from cliplens.models.toy import (  # noqa: E402
 )
 from cliplens.models.toy_objectives import (  # noqa: E402
     PatchPixelObjective,
+    caption_match,
     patchify,
     sigmoid_loss,
     softmax_contrastive_loss,
@@ -120,6 +121,37 @@ def test_softmax_contrastive_loss_is_symmetric_cross_entropy():
     assert softmax_contrastive_loss(img, txt, 3.0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_multi_positive_loss_is_clips_with_identity_match_and_follows_its_formula():
+    g = torch.Generator().manual_seed(2)
+    img = F.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    eye = torch.eye(3, dtype=torch.bool)
+    assert softmax_contrastive_loss(img, txt, 5.0, eye).item() == pytest.approx(
+        softmax_contrastive_loss(img, txt, 5.0).item(), rel=1e-6)
+    # caption 2 is true of images 1 and 2; caption 0 of images 0 and 2
+    m = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 0, 1]], dtype=torch.bool)
+    z = (5.0 * img @ txt.T).double().numpy()
+    lsm_rows = z - np.log(np.exp(z).sum(1, keepdims=True))  # log softmax over captions
+    lsm_cols = z - np.log(np.exp(z).sum(0, keepdims=True))  # over images
+    mm = m.numpy().astype(float)
+    per_image = -(lsm_rows * mm / mm.sum(1, keepdims=True)).sum(1).mean()
+    per_text = -(lsm_cols * mm / mm.sum(0, keepdims=True)).sum(0).mean()
+    got = softmax_contrastive_loss(img, txt, 5.0, m).item()
+    assert got == pytest.approx(0.5 * (per_image + per_text), rel=1e-5)
+    with pytest.raises(ValueError, match="diagonal"):
+        softmax_contrastive_loss(img, txt, 5.0, ~eye)
+
+
+def test_caption_match_is_true_where_every_named_factor_agrees():
+    labels = torch.tensor([[0, 1, 2], [0, 3, 2], [1, 1, 2]])  # 3 images x 3 factors
+    named = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.bool)
+    m = caption_match(labels, named)
+    # caption 0 names everything: image 0 only; caption 1 names factor 0 (= 0): images 0, 1;
+    # caption 2 names factor 1 (= 1): images 0, 2
+    assert m.tolist() == [[True, True, True], [False, True, False], [False, False, True]]
+    assert caption_match(labels, torch.ones(3, 3, dtype=torch.bool)).equal(torch.eye(3, dtype=torch.bool))
+
+
 def test_patchify_follows_the_vit_token_grid():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     p = patchify(x, 2)
@@ -195,6 +227,7 @@ def test_config_typo_names_the_bad_key():
     ({"vision": {"patch_size": 5}}, "patch_size"),
     ({"vision": {"pos_embed": "sin_cos_2d"}}, r"vision\.pos_embed.*open_clip ViT option"),
     ({"vision": {"pos_embed": "rope"}}, r"vision\.pos_embed"),
+    ({"train": {"partial_captions": {"fraction": 0.5}}}, r"train\.partial_captions\.fraction.*clip-family"),
 ])
 def test_inconsistent_toy_configs_fail_with_the_key(patch, match):
     cfg = copy.deepcopy(TINY["siglip"])
@@ -396,6 +429,44 @@ def test_distinct_groups_hold_different_label_combinations():
     with pytest.raises(ValueError, match="distinct"):
         toymod.BatchSampler(4000, 60, torch.Generator(), dict(
             batching, distinct=True, share=share + ["shape"]), labels)
+
+
+def test_partial_captions_need_rich_captions():
+    cfg = dict(TINY["clip-vit"], captions="poor",
+               train=dict(_TINY_TRAIN, partial_captions={"fraction": 0.5}))
+    with pytest.raises(ToyConfigError, match=r"x\.train\.partial_captions\.fraction.*'poor'"):
+        toy_model_config("x", cfg)
+    assert toy_model_config("x", dict(cfg, captions="rich"))["train"]["partial_captions"] == {
+        "fraction": 0.5, "variants": 2, "max_factors": 4}
+
+
+def test_partial_caption_set_tokenises_the_drawn_captions(splits):
+    cfg = toy_model_config("p", dict(TINY["clip-vit"], train=dict(
+        _TINY_TRAIN, partial_captions={"fraction": 0.25, "variants": 3, "max_factors": 2})))
+    toy = build_toy_model("p", cfg)
+    labels = splits["train"]["labels"]
+    assert toymod.partial_caption_set(toy, labels, dict(cfg["train"], partial_captions={})) is None
+    part = toymod.partial_caption_set(toy, labels, cfg["train"])
+    n = len(labels["shape"])
+    assert part["tokens"].shape[:2] == (3, n) and part["named"].shape == (3, n, 5)
+    assert part["fraction"] == 0.25 and set(part["named"].sum(-1).unique().tolist()) == {1, 2}
+    rng = np.random.default_rng(cfg["train"]["seed"])  # the same draws, in the same order
+    for v in range(3):
+        texts, named = toyworld.partial_captions(labels, rng, 2)
+        assert torch.equal(part["tokens"][v], toy.tokenize(texts))
+        assert torch.equal(part["named"][v], torch.from_numpy(named))
+    assert torch.equal(part["labels"][:, list(toyworld.FACTORS).index("colour")],
+                       torch.as_tensor(np.asarray(labels["colour"])))
+
+
+def test_partial_captions_train_deterministically_and_change_the_model(splits):
+    part = dict(_TINY_TRAIN, partial_captions={"fraction": 0.5})
+    a, _ = toymod.train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], None, progress=False)
+    b, _ = toymod.train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], None, progress=False)
+    c, _ = toymod.train_toy("p", TINY["clip-vit"], splits["train"], None, progress=False)
+    for (ka, va), (_, vb), (_, vc) in zip(a.parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(va, vb), ka
+    assert not all(torch.equal(va, vc) for (_, va), (_, vc) in zip(a.parameters(), c.parameters()))
 
 
 def test_grouped_batching_trains_through_train_toy(splits):

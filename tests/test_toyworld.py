@@ -1,3 +1,5 @@
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -130,3 +132,36 @@ def test_hdf5_round_trip_and_incomplete_file(tmp_path, toy_cfg):
         del h5.attrs[COMPLETE_ATTR]
     with pytest.raises(IncompleteFileError, match="incomplete"):
         ToyDataset(path, "test")
+
+
+def _without(text, phrases):
+    for p in sorted(phrases, key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(p)}\b", " ", text)
+    return text
+
+
+def test_partial_captions_name_exactly_the_chosen_factors(toy_cfg):
+    sp = toyworld.generate("toy", toy_cfg, splits=["val"])["val"]
+    texts, named = toyworld.partial_captions(sp.labels, np.random.default_rng(0), max_factors=4)
+    names = list(toyworld.FACTORS)
+    assert len(texts) == len(sp) and named.shape == (len(sp), len(names))
+    assert set(named.sum(1)) == {1, 2, 3, 4}
+    for i, text in enumerate(texts):
+        said = [f for f, on in zip(names, named[i]) if on]
+        for f in said:  # a synonym of the true value of every named factor
+            syn = toyworld.PHRASES[f][toyworld.FACTORS[f][sp.labels[f][i]]]
+            assert any(re.search(rf"\b{re.escape(w)}\b", text) for w in syn), (f, text)
+        rest = _without(text, [w for f in said for v in toyworld.PHRASES[f].values() for w in v])
+        for f in set(names) - set(said):  # no phrase of any value of the others
+            assert not any(re.search(rf"\b{re.escape(w)}\b", rest)
+                           for v in toyworld.PHRASES[f].values() for w in v), (f, text)
+        generic = any(re.search(rf"\b{w}\b", text) for w in toyworld.GENERIC_NOUNS)
+        assert generic == ("shape" not in said), text
+        assert not any(re.search(rf"\b{w}\b", text) for w in ("object", "thing", "something"))
+    single, one = toyworld.partial_captions(sp.labels, np.random.default_rng(0), max_factors=1)
+    assert (one.sum(1) == 1).all() and set(one.argmax(1)) == set(range(len(names)))
+    with pytest.raises(ValueError, match="max_factors"):
+        toyworld.partial_captions(sp.labels, np.random.default_rng(0), max_factors=6)
+    assert len(single) == len(sp)
+    with pytest.raises(ValueError, match="unknown factors"):
+        toyworld.partial_caption({f: 0 for f in names}, {"hue"}, np.random.default_rng(0))

@@ -23,9 +23,13 @@ Training applies the loader's own preprocessing (open_clip's eval transform, the
 image processor) once to the whole split, tokenises every caption as the loader does
 (open_clip's tokenizer; the toy word-level tokenizer with ``padding="max_length"``), then runs
 AdamW with linear warm-up and cosine decay over shuffled batches (``train.batching``: random,
-or grouped hard-negative batches whose groups share chosen factors, see :class:`BatchSampler`;
-the labels only pick the batches, never enter the loss).  Everything is seeded:
-the same config, data and thread count give the same weights.
+or grouped hard-negative batches whose groups share chosen factors, see :class:`BatchSampler`).
+With ``train.partial_captions`` (clip family, rich captions) part of each batch's captions are
+swapped for partial ones naming only some factors ("a crimson item"), and the softmax
+contrastive loss counts every caption true of an image as its positive (:func:`caption_match`):
+CLIP's web captions rarely name everything, and one-factor zero-shot prompts need text
+embeddings that mean one factor.  Otherwise the labels only pick the batches and never enter
+the loss.  Everything is seeded: the same config, data and thread count give the same weights.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from PIL import Image
 from cliplens import toyworld
 from cliplens.models.toy_objectives import (
     PatchPixelObjective,
+    caption_match,
     sigmoid_loss,
     softmax_contrastive_loss,
 )
@@ -136,6 +141,14 @@ def toy_model_config(name: str, cfg: Mapping[str, Any]) -> dict:
     if fam != "siglip2" and kind != "none":
         raise bad("image_objective.kind", f"only family siglip2 trains an image objective, "
                   f"this model is {fam!r}")
+    if out["train"]["partial_captions"]["fraction"] > 0:
+        if fam != "clip":
+            raise bad("train.partial_captions.fraction", f"partial captions are a clip-family "
+                      f"option (softmax contrastive loss); this model is {fam!r}: set 0")
+        if out["captions"] != "rich":
+            raise bad("train.partial_captions.fraction", "partial captions name factors the "
+                      f"{out['captions']!r} captions leave out; only captions: rich may use them "
+                      "(set 0)")
     return out
 
 
@@ -220,7 +233,10 @@ class ToyModel:
         raise NotImplementedError
 
     def loss(self, pixels: torch.Tensor, tokens: torch.Tensor,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None,
+             match: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, its parts as floats); ``match`` (bool [N, N], caption j true of image i) only
+        where the family supports partial captions (clip)."""
         raise NotImplementedError
 
     def after_step(self) -> None:
@@ -275,10 +291,10 @@ class OpenClipToy(ToyModel):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
 
-    def loss(self, pixels, tokens, generator=None):
+    def loss(self, pixels, tokens, generator=None, match=None):
         img = F.normalize(self.encode_image(pixels), dim=-1)
         txt = F.normalize(self.encode_text(tokens), dim=-1)
-        loss = softmax_contrastive_loss(img, txt, self.model.logit_scale.exp())
+        loss = softmax_contrastive_loss(img, txt, self.model.logit_scale.exp(), match)
         return loss, {"contrastive": float(loss.detach())}
 
     def after_step(self) -> None:
@@ -341,7 +357,9 @@ class SiglipToy(ToyModel):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.text_model(input_ids=tokens).pooler_output
 
-    def loss(self, pixels, tokens, generator=None):
+    def loss(self, pixels, tokens, generator=None, match=None):
+        if match is not None:
+            raise ValueError(f"{self.name}: partial captions (match) are a clip-family option")
         vout = self.model.vision_model(pixel_values=pixels)
         img = F.normalize(vout.pooler_output, dim=-1)
         txt = F.normalize(self.encode_text(tokens), dim=-1)
@@ -537,6 +555,30 @@ class BatchSampler:
         return idx
 
 
+def partial_caption_set(toy: ToyModel, labels: Mapping[str, Any],
+                        train_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The partial captions :func:`fit` swaps in (``train.partial_captions``; None when its
+    ``fraction`` is 0): ``variants`` draws of :func:`cliplens.toyworld.partial_captions` per
+    image from a numpy generator seeded with ``train.seed``, tokenised (each distinct text
+    once).  Returns ``{"tokens" [V, N, L], "named" bool [V, N, F], "labels" int [N, F],
+    "fraction"}``, factors in :data:`cliplens.toyworld.FACTORS` order."""
+    opts = train_cfg.get("partial_captions") or {}
+    if float(opts.get("fraction", 0.0)) <= 0:
+        return None
+    rng = np.random.default_rng(int(train_cfg["seed"]))
+    texts, named = [], []
+    for _ in range(int(opts.get("variants", 2))):
+        t, m = toyworld.partial_captions(labels, rng, int(opts.get("max_factors", 4)))
+        texts += t
+        named.append(m)
+    distinct, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    tokens = toy.tokenize(list(distinct))[torch.from_numpy(inverse.reshape(-1))]
+    lab = np.stack([np.asarray(labels[f], dtype=np.int64) for f in toyworld.FACTORS], 1)
+    v, n = len(named), len(lab)
+    return {"tokens": tokens.reshape(v, n, -1), "named": torch.from_numpy(np.stack(named)),
+            "labels": torch.from_numpy(lab), "fraction": float(opts["fraction"])}
+
+
 def fit(
     toy: ToyModel,
     pixels: torch.Tensor,
@@ -546,6 +588,7 @@ def fit(
     device: str | torch.device = "cpu",
     progress: bool = True,
     labels: Mapping[str, Any] | None = None,
+    partial: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``toy`` on (``pixels`` [N, 3, S, S], ``tokens`` [N, L]) pairs.
 
@@ -553,7 +596,12 @@ def fit(
     ``warmup`` (a fraction of ``steps``), ``seed`` (batch order and masks), ``batching``
     (optional, see :class:`BatchSampler`).  With the default random batching each epoch visits
     a fresh permutation; the last incomplete batch of an epoch is dropped.  ``labels`` (factor
-    -> [N] ints) are needed only by grouped batching, to choose the batches.  Returns
+    -> [N] ints) are needed only by grouped batching, to choose the batches.  ``partial``
+    (``train.partial_captions``, as :func:`partial_caption_set` builds it: ``tokens`` [V, N, L],
+    ``named`` bool [V, N, F], ``labels`` int [N, F], ``fraction``): each step swaps each pair's
+    caption, with probability ``fraction``, for one of its V partial captions, and the loss is
+    the multi-positive one over :func:`caption_match` (the dataset's captions name every
+    factor).  Returns
     ``{"steps", "final_loss" (mean of the last min(10, steps) steps), "loss_history"
     ([step, loss] at about 20 points), "seconds" (wall clock), "cpu_seconds" (CPU time of this
     process, all threads)}``.
@@ -577,7 +625,14 @@ def fit(
     bar = tqdm(range(steps), desc=f"train {toy.name}", disable=not progress, mininterval=2.0)
     for step in bar:
         idx = sampler.next()
-        loss, parts = toy.loss(pixels[idx].to(device), tokens[idx].to(device), gen)
+        tok, match = tokens[idx], None
+        if partial is not None:
+            swap = torch.rand(len(idx), generator=gen) < float(partial["fraction"])
+            variant = torch.randint(len(partial["tokens"]), (len(idx),), generator=gen)
+            tok = torch.where(swap[:, None], partial["tokens"][variant, idx], tok)
+            named = partial["named"][variant, idx] | ~swap[:, None]
+            match = caption_match(partial["labels"][idx], named).to(device)
+        loss, parts = toy.loss(pixels[idx].to(device), tok.to(device), gen, match)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -675,11 +730,12 @@ def train_toy(
     captions = train[f"captions_{cfg['captions']}"]
     pixels = toy.preprocess(train["images"])
     tokens = toy.tokenize(captions)
-    prep_seconds = time.perf_counter() - t0
     log.info("%s: %d pairs at %d px, %s parameters", name, len(pixels), cfg["image_size"],
              f"{sum(p.numel() for _, p in toy.parameters()):,}")
+    partial = partial_caption_set(toy, train["labels"], cfg["train"])
+    prep_seconds = time.perf_counter() - t0
     result = fit(toy, pixels, tokens, cfg["train"], device=dev, progress=progress,
-                 labels=train.get("labels"))
+                 labels=train.get("labels"), partial=partial)
     del pixels, tokens
     meta: dict[str, Any] = {
         "library": toy.library,

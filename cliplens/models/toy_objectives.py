@@ -14,17 +14,45 @@ from torch import nn
 
 
 def softmax_contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor | float,
+    match: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CLIP's loss, computed by open_clip's ``ClipLoss``.
+    """CLIP's loss; without ``match`` computed by open_clip's ``ClipLoss``.
 
     With L2-normalised ``image`` x_i and ``text`` y_j [N, D] and logits z_ij = s <x_i, y_j>
     (``scale`` s = exp(t), already exponentiated),
     L = 1/2 [ CE(z, diag) + CE(z^T, diag) ], CE the mean over rows of -log softmax at the diagonal.
-    """
-    from open_clip.loss import ClipLoss
 
-    return ClipLoss()(image, text, scale)
+    ``match`` (bool [N, N], M_ij: caption j is true of image i, with M_ii true) makes it the
+    multi-positive form: each image's target is uniform over the captions true of it, each
+    caption's uniform over the images it is true of,
+
+        L = 1/2 [ mean_i sum_j -P_ij log softmax_j(z_i.) + mean_j sum_i -Q_ij log softmax_i(z_.j) ],
+
+    P_ij = M_ij / sum_j' M_ij', Q_ij = M_ij / sum_i' M_i'j; ``match`` = identity gives CLIP's loss.
+    """
+    if match is None:
+        from open_clip.loss import ClipLoss
+
+        return ClipLoss()(image, text, scale)
+    m = match.to(image.dtype)
+    if m.shape != (len(image), len(text)) or not bool(torch.diagonal(match).all()):
+        raise ValueError(f"match must be [{len(image)}, {len(text)}] with a true diagonal")
+    logits = scale * image @ text.T
+    per_image = -(F.log_softmax(logits, 1) * (m / m.sum(1, keepdim=True))).sum(1).mean()
+    per_text = -(F.log_softmax(logits.T, 1) * (m.T / m.T.sum(1, keepdim=True))).sum(1).mean()
+    return (per_image + per_text) / 2
+
+
+def caption_match(labels: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+    """Which captions are true of which images: bool [N, N], M_ij = AND over factors f named by
+    caption j (``named`` bool [N, F]) of labels_if = labels_jf (``labels`` int [N, F]; caption
+    j was written for image j).  A caption naming every factor matches the images with all of
+    its labels; one naming only the colour, every image of that colour."""
+    eq = labels[:, None, :] == labels[None, :, :]  # [i, j, f]
+    return (eq | ~named[None, :, :].bool()).all(-1)
 
 
 def sigmoid_loss(
