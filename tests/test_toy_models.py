@@ -437,7 +437,7 @@ def test_partial_captions_need_rich_captions():
     with pytest.raises(ToyConfigError, match=r"x\.train\.partial_captions\.fraction.*'poor'"):
         toy_model_config("x", cfg)
     assert toy_model_config("x", dict(cfg, captions="rich"))["train"]["partial_captions"] == {
-        "fraction": 0.5, "variants": 2, "max_factors": 4}
+        "fraction": 0.5, "variants": 2, "max_factors": 4, "where": "all"}
 
 
 def test_partial_caption_set_tokenises_the_drawn_captions(splits):
@@ -467,6 +467,30 @@ def test_partial_captions_train_deterministically_and_change_the_model(splits):
     for (ka, va), (_, vb), (_, vc) in zip(a.parameters(), b.parameters(), c.parameters()):
         assert torch.equal(va, vb), ka
     assert not all(torch.equal(va, vc) for (_, va), (_, vc) in zip(a.parameters(), c.parameters()))
+
+
+@pytest.mark.parametrize("where", ["all", "random"])
+def test_partial_captions_replace_the_chosen_pairs_captions(splits, where, monkeypatch):
+    cfg = toy_model_config("p", dict(TINY["clip-vit"], train=dict(
+        _TINY_TRAIN, steps=3, partial_captions={"fraction": 1.0, "where": where},
+        batching={"kind": "grouped", "group_size": 4, "grouped_fraction": 0.5})))
+    toy = build_toy_model("p", cfg)
+    train = splits["train"]
+    rich = toy.tokenize(train["captions_rich"])
+    seen = []
+    real_loss = toy.loss
+    monkeypatch.setattr(toy, "loss", lambda p, t, g=None, match=None: (
+        seen.append((t.clone(), match.clone())), real_loss(p, t, g, match))[1])
+    fit(toy, toy.preprocess(train["images"]), rich, cfg["train"], progress=False,
+        labels=train["labels"], partial=toymod.partial_caption_set(toy, train["labels"], cfg["train"]))
+    known = {tuple(r.tolist()) for r in rich}
+    for tok, match in seen:
+        is_rich = [tuple(r.tolist()) in known for r in tok]
+        if where == "all":  # every caption partial (they name at most 4 of the 5 factors)
+            assert not any(is_rich)
+        else:  # the groups (first 16 pairs) keep theirs, the random pairs get partial ones
+            assert all(is_rich[:16]) and not any(is_rich[16:])
+        assert match.diagonal().all() and match.sum() > len(match)  # partial captions match more
 
 
 def test_grouped_batching_trains_through_train_toy(splits):

@@ -451,6 +451,7 @@ class BatchSampler:
         b = dict(batching or {})
         self.kind = b.get("kind", "random")
         self.order, self.pos = torch.randperm(n, generator=gen), 0
+        self.grouped = 0  # the last batch's first `grouped` pairs are its groups, the rest random
         if self.kind == "random":
             return
         if self.kind != "grouped":
@@ -549,6 +550,7 @@ class BatchSampler:
             parts.append(cand[:self.alts[j % len(self.alts)][2]])
             used.update(parts[-1].tolist())
         idx = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        self.grouped = len(idx)
         rest = self.bs - len(idx)
         if rest > 0:
             idx = torch.cat([idx] + self._random(rest, set(idx.tolist())))
@@ -576,7 +578,8 @@ def partial_caption_set(toy: ToyModel, labels: Mapping[str, Any],
     lab = np.stack([np.asarray(labels[f], dtype=np.int64) for f in toyworld.FACTORS], 1)
     v, n = len(named), len(lab)
     return {"tokens": tokens.reshape(v, n, -1), "named": torch.from_numpy(np.stack(named)),
-            "labels": torch.from_numpy(lab), "fraction": float(opts["fraction"])}
+            "labels": torch.from_numpy(lab), "fraction": float(opts["fraction"]),
+            "where": str(opts.get("where", "all"))}
 
 
 def fit(
@@ -628,6 +631,8 @@ def fit(
         tok, match = tokens[idx], None
         if partial is not None:
             swap = torch.rand(len(idx), generator=gen) < float(partial["fraction"])
+            if partial.get("where", "all") == "random":  # keep the hard-negative groups' captions
+                swap[:sampler.grouped] = False
             variant = torch.randint(len(partial["tokens"]), (len(idx),), generator=gen)
             tok = torch.where(swap[:, None], partial["tokens"][variant, idx], tok)
             named = partial["named"][variant, idx] | ~swap[:, None]
