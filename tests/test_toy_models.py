@@ -446,6 +446,8 @@ def test_partial_caption_set_tokenises_the_drawn_captions(splits):
     toy = build_toy_model("p", cfg)
     labels = splits["train"]["labels"]
     assert toymod.partial_caption_set(toy, labels, dict(cfg["train"], partial_captions={})) is None
+    with pytest.raises(ValueError, match="needs the training labels"):
+        toymod.partial_caption_set(toy, None, cfg["train"])
     part = toymod.partial_caption_set(toy, labels, cfg["train"])
     n = len(labels["shape"])
     assert part["tokens"].shape[:2] == (3, n) and part["named"].shape == (3, n, 5)

@@ -557,16 +557,19 @@ class BatchSampler:
         return idx
 
 
-def partial_caption_set(toy: ToyModel, labels: Mapping[str, Any],
+def partial_caption_set(toy: ToyModel, labels: Mapping[str, Any] | None,
                         train_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
     """The partial captions :func:`fit` swaps in (``train.partial_captions``; None when its
     ``fraction`` is 0): ``variants`` draws of :func:`cliplens.toyworld.partial_captions` per
     image from a numpy generator seeded with ``train.seed``, tokenised (each distinct text
     once).  Returns ``{"tokens" [V, N, L], "named" bool [V, N, F], "labels" int [N, F],
-    "fraction"}``, factors in :data:`cliplens.toyworld.FACTORS` order."""
+    "fraction", "where"}``, factors in :data:`cliplens.toyworld.FACTORS` order."""
     opts = train_cfg.get("partial_captions") or {}
     if float(opts.get("fraction", 0.0)) <= 0:
         return None
+    if labels is None:
+        raise ValueError("train.partial_captions needs the training labels (the factors each "
+                         "partial caption names)")
     rng = np.random.default_rng(int(train_cfg["seed"]))
     texts, named = [], []
     for _ in range(int(opts.get("variants", 2))):
@@ -601,8 +604,9 @@ def fit(
     a fresh permutation; the last incomplete batch of an epoch is dropped.  ``labels`` (factor
     -> [N] ints) are needed only by grouped batching, to choose the batches.  ``partial``
     (``train.partial_captions``, as :func:`partial_caption_set` builds it: ``tokens`` [V, N, L],
-    ``named`` bool [V, N, F], ``labels`` int [N, F], ``fraction``): each step swaps each pair's
-    caption, with probability ``fraction``, for one of its V partial captions, and the loss is
+    ``named`` bool [V, N, F], ``labels`` int [N, F], ``fraction``, ``where``): each step swaps
+    each pair's caption (``where: random``: only the pairs outside the batch's groups), with
+    probability ``fraction``, for one of its V partial captions, and the loss is
     the multi-positive one over :func:`caption_match` (the dataset's captions name every
     factor).  Returns
     ``{"steps", "final_loss" (mean of the last min(10, steps) steps), "loss_history"
@@ -737,7 +741,7 @@ def train_toy(
     tokens = toy.tokenize(captions)
     log.info("%s: %d pairs at %d px, %s parameters", name, len(pixels), cfg["image_size"],
              f"{sum(p.numel() for _, p in toy.parameters()):,}")
-    partial = partial_caption_set(toy, train["labels"], cfg["train"])
+    partial = partial_caption_set(toy, train.get("labels"), cfg["train"])
     prep_seconds = time.perf_counter() - t0
     result = fit(toy, pixels, tokens, cfg["train"], device=dev, progress=progress,
                  labels=train.get("labels"), partial=partial)
