@@ -576,7 +576,7 @@ def partial_caption_set(toy: ToyModel, labels: Mapping[str, Any] | None,
         t, m = toyworld.partial_captions(labels, rng, int(opts.get("max_factors", 4)))
         texts += t
         named.append(m)
-    distinct, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    distinct, inverse = np.unique(texts, return_inverse=True)
     tokens = toy.tokenize(list(distinct))[torch.from_numpy(inverse.reshape(-1))]
     lab = np.stack([np.asarray(labels[f], dtype=np.int64) for f in toyworld.FACTORS], 1)
     v, n = len(named), len(lab)
