@@ -61,7 +61,6 @@ def linear_probe(toy, val, test, test_emb) -> dict[str, float]:
     regression on standardised features) fitted on the val split's image embeddings;
     ``test_emb`` [N, D] are the test split's."""
     from cliplens.head_analysis import probe_factors
-    from cliplens.models.toy import embed_images
 
     xv = embed_images(toy, toy.preprocess(val["images"])).numpy()
     probes = probe_factors(xv, {f: val["labels"][f] for f in FACTORS}, test_emb.numpy(),

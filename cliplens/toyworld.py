@@ -111,13 +111,10 @@ RICH_TEMPLATES = (
     "{position}: a {size} {colour} {shape} {background}",
     "a {colour} {shape} {background}, {size}, {position}",
 )
-#: partial captions (training only): the named factors' phrases, the others left out.  The
-#: third template is used only when the position is named.
-PARTIAL_TEMPLATES = (
-    "a {size} {colour} {shape} {position} {background}",
-    "a photo of a {size} {colour} {shape} {position} {background}",
-    "{position}: a {size} {colour} {shape} {background}",
-)
+#: partial captions (training only): the rich templates that stay grammatical with factors
+#: left out (no "and it is {size}", no comma lists).  The third is used only when the position
+#: is named.
+PARTIAL_TEMPLATES = (RICH_TEMPLATES[0], RICH_TEMPLATES[1], RICH_TEMPLATES[3])
 #: the noun of a partial caption that does not name the shape; none is a word of the zero-shot
 #: templates ("object", "thing", "something", "shape"; of these only "shape" occurs in a caption,
 #: in the triangle's synonym "three-sided shape").
