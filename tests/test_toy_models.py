@@ -283,6 +283,48 @@ def _overfit(kind: str, steps: int = 25) -> list[float]:
     return [v for _, v in res["loss_history"]]
 
 
+@pytest.mark.parametrize("kind", ["clip-vit", "siglip"])
+def test_math_attention_kernel_trains_the_same_model(kind):
+    """fit(attention="math") swaps only the kernel of softmax(QK^T/sqrt d)V: one batch gives
+    the same loss and gradients under either kernel, and the same steps from the same start
+    give the same losses, up to float rounding."""
+    rng = np.random.default_rng(0)
+    split = toyworld.draw_split(toyworld.sample_labels(8, rng), rng)
+    torch.manual_seed(0)
+    toy = build_toy_model(kind, copy.deepcopy(TINY[kind]))
+    pixels, tokens = toy.preprocess(split.images), toy.tokenize(split.captions_rich)
+    grads, losses = {}, {}
+    for backend in toymod.ATTENTION_BACKENDS:
+        with toymod.attention_backend(backend):
+            loss, _ = toy.loss(pixels, tokens, torch.Generator().manual_seed(0))
+            params = [p for _, p in toy.parameters() if p.requires_grad]
+            g = torch.autograd.grad(loss, params, allow_unused=True)
+        grads[backend] = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
+                                    for x, p in zip(g, params)])
+        losses[backend] = float(loss)
+    assert losses["math"] == pytest.approx(losses["default"], rel=1e-6)
+    assert grads["math"].abs().max() > 0
+    torch.testing.assert_close(grads["math"], grads["default"], rtol=1e-4, atol=1e-6)
+
+    histories = {}
+    for backend in toymod.ATTENTION_BACKENDS:
+        torch.manual_seed(0)
+        toy = build_toy_model(kind, copy.deepcopy(TINY[kind]))
+        res = fit(toy, pixels, tokens,
+                  dict(toy.cfg["train"], steps=4, batch_size=8, lr=0.003, warmup=0.0),
+                  progress=False, attention=backend)
+        histories[backend] = [v for _, v in res["loss_history"]]
+    assert len(histories["math"]) == 4 and histories["math"][-1] < histories["math"][0]
+    np.testing.assert_allclose(histories["math"], histories["default"], rtol=1e-4)
+    with toymod.attention_backend("math"):  # only the math kernel is allowed on a CPU ...
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+    with toymod.attention_backend("math", "cuda"):  # ... torch chooses elsewhere
+        assert torch.backends.cuda.flash_sdp_enabled()
+    with pytest.raises(ValueError, match="attention must be one of"):
+        toymod.attention_backend("flash")
+
+
 @pytest.mark.parametrize("kind", list(TINY))
 def test_every_family_overfits_a_tiny_batch(kind):
     losses = _overfit(kind)

@@ -34,6 +34,7 @@ the loss.  Everything is seeded: the same config, data and thread count give the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -595,6 +596,7 @@ def fit(
     progress: bool = True,
     labels: Mapping[str, Any] | None = None,
     partial: Mapping[str, Any] | None = None,
+    attention: str = "math",
 ) -> dict[str, Any]:
     """Train ``toy`` on (``pixels`` [N, 3, S, S], ``tokens`` [N, L]) pairs.
 
@@ -630,35 +632,59 @@ def fit(
     sampler = BatchSampler(n, bs, gen, train_cfg.get("batching"), labels)
     t0, c0 = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=f"train {toy.name}", disable=not progress, mininterval=2.0)
-    for step in bar:
-        idx = sampler.next()
-        tok, match = tokens[idx], None
-        if partial is not None:
-            swap = torch.rand(len(idx), generator=gen) < float(partial["fraction"])
-            if partial.get("where", "all") == "random":  # keep the hard-negative groups' captions
-                swap[:sampler.grouped] = False
-            variant = torch.randint(len(partial["tokens"]), (len(idx),), generator=gen)
-            tok = torch.where(swap[:, None], partial["tokens"][variant, idx], tok)
-            named = partial["named"][variant, idx] | ~swap[:, None]
-            match = caption_match(partial["labels"][idx], named).to(device)
-        loss, parts = toy.loss(pixels[idx].to(device), tok.to(device), gen, match)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        toy.after_step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{toy.name}: loss became {value} at step {step}; "
-                                     "lower train.lr")
-        losses.append(value)
-        if step % every == 0 or step == steps - 1:
-            history.append([step, round(value, 5)])
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+    with attention_backend(attention, device):
+        for step in bar:
+            idx = sampler.next()
+            tok, match = tokens[idx], None
+            if partial is not None:
+                swap = torch.rand(len(idx), generator=gen) < float(partial["fraction"])
+                if partial.get("where", "all") == "random":  # keep the groups' captions
+                    swap[:sampler.grouped] = False
+                variant = torch.randint(len(partial["tokens"]), (len(idx),), generator=gen)
+                tok = torch.where(swap[:, None], partial["tokens"][variant, idx], tok)
+                named = partial["named"][variant, idx] | ~swap[:, None]
+                match = caption_match(partial["labels"][idx], named).to(device)
+            loss, parts = toy.loss(pixels[idx].to(device), tok.to(device), gen, match)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            toy.after_step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{toy.name}: loss became {value} at step {step}; "
+                                         "lower train.lr")
+            losses.append(value)
+            if step % every == 0 or step == steps - 1:
+                history.append([step, round(value, 5)])
+                bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
     toy.train(False)
     tail = losses[-min(10, len(losses)):] if losses else [float("nan")]
     return {"steps": steps, "final_loss": float(np.mean(tail)), "loss_history": history,
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+
+
+#: ``fit(attention=...)`` choices
+ATTENTION_BACKENDS = ("math", "default")
+
+
+def attention_backend(name: str, device: str | torch.device = "cpu"):
+    """Context manager choosing the kernel behind ``F.scaled_dot_product_attention`` (which
+    open_clip's ``nn.MultiheadAttention`` and transformers' SigLIP call) while a toy trains.
+
+    ``"math"`` on a CPU: the plain ``softmax(Q K^T / sqrt(d)) V`` of batched matrix products
+    (the same function; only rounding differs).  The toys' sequences are short (17 image
+    tokens, 28 text tokens) and there the fused flash kernel torch picks by default costs more
+    than it saves: ``benchmarks/toy_step_speed.py`` measures both per training step.  On other
+    devices, and with ``"default"``, torch chooses.
+    """
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {name!r}")
+    if name == "math" and torch.device(device).type == "cpu":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
