@@ -1,10 +1,10 @@
 """Benchmark: milliseconds per training step of each toy model, per attention kernel.
 
     python benchmarks/toy_step_speed.py [--config config.yaml] [--data results/data/toy/toy.h5]
-        [--models clip-vit siglip-32 ...] [--threads 2] [--rounds 7] [--steps 15]
+        [--models clip-vit siglip-32 ...] [--threads 2] [--rounds 7] [--steps 15] [--pairs 4000]
 
 Each model trains with its own config (batching, partial captions, image objective) on the
-first 4000 pairs of the toy train split.  For every round and every kernel of
+first ``--pairs`` pairs of the toy train split.  For every round and every kernel of
 ``cliplens.models.toy.ATTENTION_BACKENDS`` (in alternating order, so that both see the same
 moments of a machine whose speed drifts) :func:`cliplens.models.toy.fit` runs ``--steps``
 steps; a round's figure is its wall-clock seconds / steps.  Printed: the median over rounds
