@@ -6,7 +6,8 @@ import os
 from snakemake.utils import min_version
 from snakemake.exceptions import WorkflowError
 
-from cliplens.config import ConfigError, validate_config
+from cliplens.core.config import ConfigError
+from cliplens.core.settings import load_settings, plain
 
 min_version("9.0")
 
@@ -23,8 +24,10 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 report: "report/workflow.rst"
 
 
+# The config, validated against cliplens/core/schema/ and typed once (cliplens.core.settings):
+# every rules file reads S, and hands each job its own slice as plain values.
 try:
-    validate_config(config)
+    S = load_settings(config)
 except ConfigError as err:
     raise WorkflowError(str(err))
 
@@ -32,7 +35,7 @@ except ConfigError as err:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/toy.smk"
-include: "rules/cache.smk"
+include: "rules/caches.smk"
 include: "rules/zeroshot.smk"
 include: "rules/inversion.smk"
 include: "rules/heads.smk"
@@ -40,9 +43,7 @@ include: "rules/heads.smk"
 
 rule all:
     input:
-        f"{R}/tables/zeroshot.csv",
-        f"{R}/figures/zeroshot.png",
-        f"{R}/figures/v1_vs_v2.png",
-        f"{R}/figures/reconstructions.png",
-        [f"{R}/figures/{task}.png" for task in INV_OPS["tasks"]],
+        f"{R}/tables/zeroshot/accuracy.csv",
+        f"{R}/figures/zeroshot/accuracy.png",
+        inversion_outputs(),
         heads_outputs(),

@@ -1,23 +1,18 @@
 # Real datasets: verified downloads, extraction, manual-dataset checks.
 # Where each file comes from (URL, size, SHA-256/MD5 and their sources) and how it is laid out:
-# cliplens/data/catalog.yaml.  Other rules depend on a dataset through dataset_inputs(name).
+# cliplens/core/data/catalog.yaml.  Other rules depend on a dataset through dataset_inputs(name)
+# (rules/common.smk).
 #
 #   {RES}/downloads/{file}                      one verified, resumable download per archive
 #   {RES}/datasets/{dataset}/.extracted/{file}  one extraction per archive (marker written last)
 #   {RES}/datasets/{dataset}/.ready             the dataset is complete (marker written last)
-from cliplens.data.download import catalog_files, load_catalog
-from cliplens.data.registry import dataset_targets, wildcard_alternatives
+from cliplens.core.data.catalog import catalog_files, load_catalog
+from cliplens.core.data.registry import wildcard_alternatives
 
 DATA_CATALOG = load_catalog()["datasets"]
 DATA_FILES = catalog_files()
 AUTO_DATASETS = [n for n, e in DATA_CATALOG.items() if not e.get("manual")]
 MANUAL_DATASETS = [n for n, e in DATA_CATALOG.items() if e.get("manual")]
-
-# dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``
-# (toy: its .h5; real: its .ready marker, or for COCO only the archives of ``split``).
-dataset_inputs = lambda name, split=None: dataset_targets(
-    name, split, results=R, resources=RES
-)
 
 
 rule download_file:
@@ -41,7 +36,7 @@ rule download_file:
         md5=lambda w: DATA_FILES[w.file].get("md5"),
         size=lambda w: DATA_FILES[w.file].get("size"),
     script:
-        "../workflow_scripts/download.py"
+        "../workflow_scripts/data/download_file.py"
 
 
 rule extract_archive:
@@ -61,12 +56,11 @@ rule extract_archive:
         mem_mb=1000,
         runtime=120,
     params:
-        action="extract",
         file="{file}",
         name="{dataset}",
         root=f"{RES}/datasets/{{dataset}}",
     script:
-        "../workflow_scripts/prepare_dataset.py"
+        "../workflow_scripts/data/extract_archive.py"
 
 
 rule prepare_dataset:
@@ -88,11 +82,10 @@ rule prepare_dataset:
         mem_mb=1000,
         runtime=60,
     params:
-        action="finish",
         name="{dataset}",
         root=f"{RES}/datasets/{{dataset}}",
     script:
-        "../workflow_scripts/prepare_dataset.py"
+        "../workflow_scripts/data/prepare_dataset.py"
 
 
 # Manual datasets (licence or hosting): check the layout; fail with instructions if incomplete.
@@ -113,4 +106,4 @@ rule check_manual_dataset:
         name="{dataset}",
         root=f"{RES}/datasets/{{dataset}}",
     script:
-        "../workflow_scripts/check_manual.py"
+        "../workflow_scripts/data/check_manual_dataset.py"

@@ -1,21 +1,87 @@
-# Study 001: per-head direct effects explained with text (config heads:, cliplens/heads.py,
-# cliplens/textspan.py, cliplens/head_analysis.py, cliplens/head_jobs.py).
+# Study 001: per-head direct effects explained with text (cliplens/studies/heads/, settings
+# heads.*).
 #
 #   {R}/cache/{model}/{dataset}/{split}/decomposition.h5        exact decomposition of every
-#       image embedding into embedding term, heads, MLPs and the rest (sharded like the
-#       embedding caches: decomposition/shards/{i}-of-{n}.h5, joined by a VDS)
+#       image embedding into embedding term, heads, MLPs and the rest (sharded like every row
+#       cache: decomposition/shards/{i}-of-{n}.h5, joined by a VDS)
 #   {R}/heads/{model}/texts.npz                                 text sets and their embeddings
 #   {R}/heads/{model}/textspan.{json,txt,npz}, {R}/tables/heads/{model}/textspan.csv
 #   {R}/tables/heads/{model}/replacement.csv      accuracy with heads replaced by their texts
 #   {R}/tables/heads/{model}/ablation.csv, {R}/figures/heads/{model}/ablation.png
 #   {R}/tables/heads/{model}/factors.csv, {R}/heads/{model}/factors.json,
 #       {R}/figures/heads/{model}/factors.png          toy ground truth: TextSpan vs probe
-#   {R}/tables/heads/{model}/segmentation.csv, {R}/figures/heads/{model}/spatial_maps.png
-#   {R}/figures/heads/{model}/neighbours.png
+#   {R}/tables/heads/{model}/segmentation.csv, {R}/figures/heads/{model}/spatial_maps.{png,npz}
+#   {R}/tables/heads/{model}/neighbours.csv, {R}/figures/heads/{model}/neighbours.png
 #   {R}/tables/heads/{model}/spurious.csv, {R}/heads/{model}/spurious.json,
 #       {R}/figures/heads/{model}/spurious.png     worst-group accuracy, spurious heads ablated
-#
-# Jobs that run a model claim gpu=gpu_resource (rules/common.smk).
+HEADS = S.heads
+HEADS_MODELS = [model_slug(m) for m in HEADS.models]
+
+
+def decomposition_path(slug, dataset, split):
+    """The gathered decomposition cache of (model slug, dataset, split)."""
+    return f"{R}/cache/{slug}/{dataset}/{split}/decomposition.h5"
+
+
+def decomposition_shard_paths(wildcards):
+    w = wildcards
+    folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}/decomposition"
+    return shard_paths(folder, "", HEADS.shards or S.cache.shards)
+
+
+def heads_text_files():
+    """Text files of heads.textspan.text_sets (file:PATH): editing one re-embeds the texts."""
+    return [t[len("file:") :] for t in HEADS.textspan.text_sets if t.startswith("file:")]
+
+
+def heads_fit_cache(wildcards):
+    return decomposition_path(wildcards.model, HEADS.fit.dataset, HEADS.fit.split)
+
+
+def heads_task_caches(wildcards):
+    """Task name -> decomposition cache of the task's dataset split."""
+    return {
+        t: decomposition_path(wildcards.model, get_task(t).dataset, get_task(t).split)
+        for t in HEADS.tasks
+    }
+
+
+def heads_task_data(wildcards):
+    out = []
+    for t in HEADS.tasks:
+        out += split_inputs(get_task(t).dataset, get_task(t).split)
+    return list(dict.fromkeys(out))
+
+
+def heads_factors_enabled():
+    return HEADS.factors.enabled and HEADS.fit.dataset in TOY_DATASETS
+
+
+def heads_spurious_caches(wildcards):
+    """Decomposition caches of the spurious task's fit split and evaluation split."""
+    task = get_task(HEADS.spurious.task)
+    return {
+        "fit": decomposition_path(wildcards.model, task.dataset, HEADS.spurious.fit_split),
+        "eval": decomposition_path(wildcards.model, task.dataset, task.split),
+    }
+
+
+def heads_outputs():
+    """Every table and figure of study 001 for each model in heads.models."""
+    out = []
+    for m in HEADS_MODELS:
+        out += [
+            f"{R}/heads/{m}/textspan.txt",
+            f"{R}/tables/heads/{m}/replacement.csv",
+            f"{R}/figures/heads/{m}/ablation.png",
+            f"{R}/figures/heads/{m}/spatial_maps.png",
+            f"{R}/figures/heads/{m}/neighbours.png",
+        ]
+        if heads_factors_enabled():
+            out.append(f"{R}/figures/heads/{m}/factors.png")
+        if HEADS.spurious.task:
+            out.append(f"{R}/figures/heads/{m}/spurious.png")
+    return out
 
 
 rule heads_decompose_shard:
@@ -45,12 +111,12 @@ rule heads_decompose_shard:
         split="{split}",
         shard=lambda w: int(w.i),
         n_shards=lambda w: int(w.n),
-        layers=HEADS["layers"],
-        batch_size=HEADS["batch_size"],
-        dtype=HEADS["dtype"],
+        layers=plain(HEADS.layers),
+        batch_size=HEADS.batch_size,
+        dtype=HEADS.dtype,
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_decompose.py"
+        "../workflow_scripts/heads/heads_decompose_shard.py"
 
 
 rule heads_decompose_gather:
@@ -67,7 +133,7 @@ rule heads_decompose_gather:
         mem_mb=1000,
         runtime=10,
     script:
-        "../workflow_scripts/gather_cache.py"
+        "../workflow_scripts/caches/gather.py"
 
 
 rule heads_texts:
@@ -88,10 +154,10 @@ rule heads_texts:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        sources=HEADS["textspan"]["text_sets"],
-        n_words=HEADS["textspan"]["n_words"],
+        sources=list(HEADS.textspan.text_sets),
+        n_words=HEADS.textspan.n_words,
     script:
-        "../workflow_scripts/heads_texts.py"
+        "../workflow_scripts/heads/heads_texts.py"
 
 
 rule heads_textspan:
@@ -113,9 +179,9 @@ rule heads_textspan:
         runtime=120,
     params:
         spec=lambda w: model_spec(w.model),
-        cfg=HEADS["textspan"],
+        cfg=HEADS.textspan.to_dict(),
     script:
-        "../workflow_scripts/heads_textspan.py"
+        "../workflow_scripts/heads/heads_textspan.py"
 
 
 rule heads_replacement:
@@ -138,11 +204,11 @@ rule heads_replacement:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        tasks=HEADS["tasks"],
-        cfg=HEADS["textspan"],
+        tasks=list(HEADS.tasks),
+        cfg=HEADS.textspan.to_dict(),
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_replacement.py"
+        "../workflow_scripts/heads/heads_replacement.py"
 
 
 rule heads_ablation:
@@ -154,7 +220,7 @@ rule heads_ablation:
         csv=f"{R}/tables/heads/{{model}}/ablation.csv",
         png=report(
             f"{R}/figures/heads/{{model}}/ablation.png",
-            caption="../report/heads_ablation.rst",
+            caption="../report/heads/ablation.rst",
             category="Study 001: heads",
         ),
     log:
@@ -169,28 +235,26 @@ rule heads_ablation:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        tasks=HEADS["tasks"],
+        tasks=list(HEADS.tasks),
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_ablation.py"
+        "../workflow_scripts/heads/heads_ablation.py"
 
 
 rule heads_factors:
     input:
         fit=heads_fit_cache,
-        test=lambda w: decomposition_path(
-            w.model, HEADS["fit"]["dataset"], HEADS["factors"]["split"]
-        ),
+        test=lambda w: decomposition_path(w.model, HEADS.fit.dataset, HEADS.factors.split),
         textspan=f"{R}/heads/{{model}}/textspan.json",
         data=lambda w: split_inputs(
-            HEADS["fit"]["dataset"], HEADS["fit"]["split"], HEADS["factors"]["split"]
+            HEADS.fit.dataset, HEADS.fit.split, HEADS.factors.split
         ),
     output:
         csv=f"{R}/tables/heads/{{model}}/factors.csv",
         json=f"{R}/heads/{{model}}/factors.json",
         png=report(
             f"{R}/figures/heads/{{model}}/factors.png",
-            caption="../report/heads_factors.rst",
+            caption="../report/heads/factors.rst",
             category="Study 001: heads",
         ),
     log:
@@ -203,10 +267,10 @@ rule heads_factors:
         runtime=30,
     params:
         spec=lambda w: model_spec(w.model),
-        top=HEADS["factors"]["top"],
+        top=HEADS.factors.top,
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_factors.py"
+        "../workflow_scripts/heads/heads_factors.py"
 
 
 rule heads_segmentation:
@@ -214,20 +278,19 @@ rule heads_segmentation:
         model=lambda w: model_inputs(w.model),
         texts=f"{R}/heads/{{model}}/texts.npz",
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: split_inputs(
-            HEADS["segmentation"]["dataset"], HEADS["segmentation"]["split"]
-        )
+        data=lambda w: split_inputs(HEADS.segmentation.dataset, HEADS.segmentation.split)
         + split_inputs(
-            get_task(HEADS["segmentation"]["task"]).dataset,
-            get_task(HEADS["segmentation"]["task"]).split,
+            get_task(HEADS.segmentation.task).dataset,
+            get_task(HEADS.segmentation.task).split,
         ),
     output:
         csv=f"{R}/tables/heads/{{model}}/segmentation.csv",
         png=report(
             f"{R}/figures/heads/{{model}}/spatial_maps.png",
-            caption="../report/heads_spatial_maps.rst",
+            caption="../report/heads/spatial_maps.rst",
             category="Study 001: heads",
         ),
+        maps=f"{R}/figures/heads/{{model}}/spatial_maps.npz",
     log:
         f"{R}/logs/heads_segmentation/{{model}}.log",
     conda:
@@ -240,23 +303,24 @@ rule heads_segmentation:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        cfg=HEADS["segmentation"],
+        cfg=HEADS.segmentation.to_dict(),
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_segmentation.py"
+        "../workflow_scripts/heads/heads_segmentation.py"
 
 
 rule heads_neighbours:
     input:
         fit=heads_fit_cache,
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: split_inputs(HEADS["fit"]["dataset"], HEADS["fit"]["split"]),
+        data=lambda w: split_inputs(HEADS.fit.dataset, HEADS.fit.split),
     output:
-        report(
+        png=report(
             f"{R}/figures/heads/{{model}}/neighbours.png",
-            caption="../report/heads_neighbours.rst",
+            caption="../report/heads/neighbours.rst",
             category="Study 001: heads",
         ),
+        csv=f"{R}/tables/heads/{{model}}/neighbours.csv",
     log:
         f"{R}/logs/heads_neighbours/{{model}}.log",
     conda:
@@ -267,10 +331,10 @@ rule heads_neighbours:
         runtime=30,
     params:
         spec=lambda w: model_spec(w.model),
-        cfg=HEADS["neighbours"],
+        cfg=HEADS.neighbours.to_dict(),
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_neighbours.py"
+        "../workflow_scripts/heads/heads_neighbours.py"
 
 
 rule heads_spurious:
@@ -278,16 +342,16 @@ rule heads_spurious:
         unpack(heads_spurious_caches),
         model=lambda w: model_inputs(w.model),
         data=lambda w: split_inputs(
-            get_task(HEADS["spurious"]["task"]).dataset,
-            HEADS["spurious"]["fit_split"],
-            get_task(HEADS["spurious"]["task"]).split,
+            get_task(HEADS.spurious.task).dataset,
+            HEADS.spurious.fit_split,
+            get_task(HEADS.spurious.task).split,
         ),
     output:
         csv=f"{R}/tables/heads/{{model}}/spurious.csv",
         json=f"{R}/heads/{{model}}/spurious.json",
         png=report(
             f"{R}/figures/heads/{{model}}/spurious.png",
-            caption="../report/heads_spurious.rst",
+            caption="../report/heads/spurious.rst",
             category="Study 001: heads",
         ),
     log:
@@ -302,8 +366,8 @@ rule heads_spurious:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        task=HEADS["spurious"]["task"],
-        cfg=HEADS["spurious"],
+        task=HEADS.spurious.task,
+        cfg=HEADS.spurious.to_dict(),
         roots=data_roots,
     script:
-        "../workflow_scripts/heads_spurious.py"
+        "../workflow_scripts/heads/heads_spurious.py"

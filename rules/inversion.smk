@@ -1,22 +1,92 @@
-# Study 000: image reconstruction from patch tokens (SigLIP vs SigLIP2) and colour operators.
+# Study 000: image reconstruction from patch tokens (SigLIP vs SigLIP2) and colour operators
+# (cliplens/studies/inversion/, settings inversion.*).
 #
 #   {R}/cache/{model}/{dataset}/{split}/tokens/{key}.layer{layer}.{rows}.h5   token caches
-#       (sharded like the embedding caches: tokens/shards/...{i}-of-{n}.h5, joined by a VDS);
+#       (sharded like every row cache: tokens/shards/...{i}-of-{n}.h5, joined by a VDS);
 #       key = image view (images, images_rb_swap, images_b_suppressed, images_gray),
 #       rows = all | N (the first N images of the split)
 #   {R}/inversion/{model}/reconstructor.{safetensors,json}    one reconstructor per extractor
 #   {R}/inversion/{model}/checkpoints/                        resumable checkpoints, samples/*.png
 #   {R}/inversion/{model}/heldout.h5                          reconstructions of held-out images
 #   {R}/inversion/scores/{scorer}.csv                         per-image similarities per scorer
-#   {R}/tables/inversion_similarity{,_per_image}.csv, inversion_v1_vs_v2.csv
-#   {R}/figures/v1_vs_v2.png, reconstructions.png
-#   {R}/inversion/{model}/operators.npz, {R}/tables/inversion_operators.csv
-#   {R}/figures/rb_swap.png, b_suppression.png, colorization.png
-#
-# Jobs that run a model claim gpu=gpu_resource (rules/common.smk): 0 when device is "cpu", or
-# "auto" in a local run without a CUDA device.
+#   {R}/tables/inversion/similarity{,_per_image}.csv, v1_vs_v2.csv, operators.csv
+#   {R}/figures/v1_vs_v2.png (where users ask for it), {R}/figures/inversion/reconstructions.png
+#       (+ .npz, the images drawn), rb_swap.png, b_suppression.png, colorization.png
+#   {R}/inversion/{model}/operators.npz                        fitted operators and examples
+from cliplens.studies.inversion.naming import OPERATOR_TASKS, VIEW_KEYS, extractor_group
 
-# Helpers (INV, token_cache_path, inv_* ...) live in rules/common.smk.
+INV = S.inversion
+INV_OPS = INV.operators
+INV_OP_SLUG = model_slug(INV_OPS.model)
+
+
+def inv_group(spec):
+    """Label of extractor ``spec`` in v1_vs_v2.png (inversion.groups, else by name)."""
+    p = parse_model_spec(spec)
+    family = None
+    if p.scheme == "toy" and p.name in S.toy_models:
+        family = S.toy_models[p.name].family
+    return extractor_group(spec, family, INV.groups)
+
+
+def token_cache_path(slug, dataset, split, key="images", rows=None):
+    """The gathered token cache of one image view of (model slug, dataset, split), first
+    ``rows`` images (None = all), at inversion.layer."""
+    rows = "all" if rows is None else int(rows)
+    return f"{R}/cache/{slug}/{dataset}/{split}/tokens/{key}.layer{INV.layer}.{rows}.h5"
+
+
+def token_shard_paths(wildcards):
+    w = wildcards
+    folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}/tokens"
+    n = INV.token_shards or S.cache.shards
+    return shard_paths(folder, f"{w.key}.layer{w.layer}.{w.rows}.", n)
+
+
+def inv_train_tokens(wildcards):
+    """The training token cache of a reconstructor, or nothing when tokens are computed online."""
+    if INV.train_tokens != "cache":
+        return []
+    return token_cache_path(wildcards.model, INV.dataset, INV.train_split, rows=INV.train_images)
+
+
+def inv_heldout():
+    return [f"{R}/inversion/{model_slug(s)}/heldout.h5" for s in INV.extractors]
+
+
+def inv_train_threads(wildcards):
+    """Torch threads of a reconstructor's training: 1 beside a toy extractor (several train side
+    by side), inversion.train.threads beside a real one."""
+    return 1 if model_spec(wildcards.model).startswith("toy:") else INV.train.threads
+
+
+def inv_scorer_threads(wildcards):
+    return model_threads(wildcards.scorer)
+
+
+def inv_blue_factor(wildcards):
+    """Blue multiplier of an on-the-fly blue suppression; only that view depends on it."""
+    return INV_OPS.blue_factor if wildcards.key == "images_b_suppressed" else 0.0
+
+
+def inv_op_caches(split, rows):
+    """View key -> token cache of the operator extractor that the configured tasks need."""
+    views = []
+    for task in INV_OPS.tasks:
+        views += OPERATOR_TASKS[task][:2]
+    return {
+        k: token_cache_path(INV_OP_SLUG, INV_OPS.dataset, split, k, rows)
+        for k in dict.fromkeys(views)
+    }
+
+
+def inversion_outputs():
+    """Every table and figure of study 000."""
+    return [
+        f"{R}/figures/v1_vs_v2.png",
+        f"{R}/figures/inversion/reconstructions.png",
+        *[f"{R}/figures/inversion/{task}.png" for task in INV_OPS.tasks],
+    ]
 
 
 rule inversion_token_shard:
@@ -30,7 +100,7 @@ rule inversion_token_shard:
     benchmark:
         f"{R}/benchmarks/inversion_token_shard/{{model}}/{{dataset}}/{{split}}/{{key}}.layer{{layer}}.{{rows}}.{{i}}-of-{{n}}.tsv"
     wildcard_constraints:
-        key="|".join(INV_VIEWS),
+        key="|".join(VIEW_KEYS),
         layer=r"-?\d+",
         rows=r"all|\d+",
         i=r"\d+",
@@ -52,12 +122,12 @@ rule inversion_token_shard:
         rows="{rows}",
         shard=lambda w: int(w.i),
         n_shards=lambda w: int(w.n),
-        batch_size=config["cache"]["batch_size"],
-        dtype=INV["token_dtype"],
+        batch_size=S.cache.batch_size,
+        dtype=INV.token_dtype,
         blue_factor=inv_blue_factor,
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_tokens.py"
+        "../workflow_scripts/inversion/inversion_token_shard.py"
 
 
 rule inversion_token_gather:
@@ -68,7 +138,7 @@ rule inversion_token_gather:
     log:
         f"{R}/logs/inversion_token_gather/{{model}}/{{dataset}}/{{split}}/{{key}}.layer{{layer}}.{{rows}}.log",
     wildcard_constraints:
-        key="|".join(INV_VIEWS),
+        key="|".join(VIEW_KEYS),
         layer=r"-?\d+",
         rows=r"all|\d+",
     conda:
@@ -78,14 +148,14 @@ rule inversion_token_gather:
         mem_mb=1000,
         runtime=10,
     script:
-        "../workflow_scripts/gather_cache.py"
+        "../workflow_scripts/caches/gather.py"
 
 
 rule inversion_train:
     input:
         tokens=inv_train_tokens,
         model=lambda w: model_inputs(w.model),
-        data=split_inputs(INV["dataset"], INV["train_split"], INV["eval_split"]),
+        data=split_inputs(INV.dataset, INV.train_split, INV.eval_split),
     output:
         weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
         meta=f"{R}/inversion/{{model}}/reconstructor.json",
@@ -103,17 +173,17 @@ rule inversion_train:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        dataset=INV["dataset"],
-        train_split=INV["train_split"],
-        eval_split=INV["eval_split"],
-        train_images=INV["train_images"],
-        train_tokens=INV["train_tokens"],
-        layer=INV["layer"],
-        reconstructor=INV["reconstructor"],
-        train=INV["train"],
+        dataset=INV.dataset,
+        train_split=INV.train_split,
+        eval_split=INV.eval_split,
+        train_images=INV.train_images,
+        train_tokens=INV.train_tokens,
+        layer=INV.layer,
+        reconstructor=INV.reconstructor.to_dict(),
+        train=INV.train.to_dict(),
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_train.py"
+        "../workflow_scripts/inversion/inversion_train.py"
 
 
 rule inversion_reconstruct:
@@ -121,7 +191,7 @@ rule inversion_reconstruct:
         weights=f"{R}/inversion/{{model}}/reconstructor.safetensors",
         meta=f"{R}/inversion/{{model}}/reconstructor.json",
         model=lambda w: model_inputs(w.model),
-        data=split_inputs(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV.dataset, INV.eval_split),
     output:
         f"{R}/inversion/{{model}}/heldout.h5",
     log:
@@ -138,22 +208,22 @@ rule inversion_reconstruct:
     params:
         spec=lambda w: model_spec(w.model),
         load=load_params(),
-        dataset=INV["dataset"],
-        split=INV["eval_split"],
-        n_images=INV["similarity"]["n_images"],
-        layer=INV["layer"],
+        dataset=INV.dataset,
+        split=INV.eval_split,
+        n_images=INV.similarity.n_images,
+        layer=INV.layer,
         group=lambda w: inv_group(model_spec(w.model)),
-        batch_size=INV["similarity"]["batch_size"],
+        batch_size=INV.similarity.batch_size,
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_reconstruct.py"
+        "../workflow_scripts/inversion/inversion_reconstruct.py"
 
 
 rule inversion_score:
     input:
         heldout=inv_heldout(),
         model=lambda w: model_inputs(w.scorer),
-        data=split_inputs(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV.dataset, INV.eval_split),
     output:
         f"{R}/inversion/scores/{{scorer}}.csv",
     log:
@@ -172,23 +242,20 @@ rule inversion_score:
     params:
         scorer=lambda w: model_spec(w.scorer),
         load=load_params(),
-        variants=INV["similarity"]["variants"],
-        batch_size=INV["similarity"]["batch_size"],
+        variants=list(INV.similarity.variants),
+        batch_size=INV.similarity.batch_size,
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_score.py"
+        "../workflow_scripts/inversion/inversion_score.py"
 
 
 rule inversion_similarity_table:
     input:
-        [
-            f"{R}/inversion/scores/{model_slug(s)}.csv"
-            for s in INV["similarity"]["scorers"]
-        ],
+        [f"{R}/inversion/scores/{model_slug(s)}.csv" for s in INV.similarity.scorers],
     output:
-        summary=f"{R}/tables/inversion_similarity.csv",
-        per_image=f"{R}/tables/inversion_similarity_per_image.csv",
-        diff=f"{R}/tables/inversion_v1_vs_v2.csv",
+        summary=f"{R}/tables/inversion/similarity.csv",
+        per_image=f"{R}/tables/inversion/similarity_per_image.csv",
+        diff=f"{R}/tables/inversion/v1_vs_v2.csv",
     log:
         f"{R}/logs/inversion_similarity_table/log.log",
     conda:
@@ -198,18 +265,18 @@ rule inversion_similarity_table:
         mem_mb=2000,
         runtime=10,
     params:
-        extractors=INV["extractors"],
+        extractors=list(INV.extractors),
     script:
-        "../workflow_scripts/inversion_table.py"
+        "../workflow_scripts/inversion/inversion_similarity_table.py"
 
 
 rule inversion_v1_vs_v2_figure:
     input:
-        f"{R}/tables/inversion_similarity.csv",
+        f"{R}/tables/inversion/similarity.csv",
     output:
         report(
             f"{R}/figures/v1_vs_v2.png",
-            caption="../report/inversion_v1_vs_v2.rst",
+            caption="../report/inversion/v1_vs_v2.rst",
             category="Study 000: inversion",
         ),
     log:
@@ -221,23 +288,24 @@ rule inversion_v1_vs_v2_figure:
         mem_mb=2000,
         runtime=10,
     params:
-        layer=INV["layer"],
-        dataset=INV["dataset"],
-        split=INV["eval_split"],
+        layer=INV.layer,
+        dataset=INV.dataset,
+        split=INV.eval_split,
     script:
-        "../workflow_scripts/inversion_v1_vs_v2.py"
+        "../workflow_scripts/inversion/inversion_v1_vs_v2_figure.py"
 
 
 rule inversion_reconstructions_figure:
     input:
         heldout=inv_heldout(),
-        data=split_inputs(INV["dataset"], INV["eval_split"]),
+        data=split_inputs(INV.dataset, INV.eval_split),
     output:
-        report(
-            f"{R}/figures/reconstructions.png",
-            caption="../report/inversion_reconstructions.rst",
+        png=report(
+            f"{R}/figures/inversion/reconstructions.png",
+            caption="../report/inversion/reconstructions.rst",
             category="Study 000: inversion",
         ),
+        arrays=f"{R}/figures/inversion/reconstructions.npz",
     log:
         f"{R}/logs/inversion_reconstructions_figure/log.log",
     conda:
@@ -247,25 +315,23 @@ rule inversion_reconstructions_figure:
         mem_mb=2000,
         runtime=10,
     params:
-        n_images=INV["figure"]["n_images"],
+        n_images=INV.figure.n_images,
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_reconstructions.py"
+        "../workflow_scripts/inversion/inversion_reconstructions_figure.py"
 
 
 rule inversion_operators:
     input:
-        train=list(
-            inv_op_caches(INV_OPS["train_split"], INV_OPS["train_images"]).values()
-        ),
-        test=list(inv_op_caches(INV_OPS["test_split"], INV_OPS["test_images"]).values()),
+        train=list(inv_op_caches(INV_OPS.train_split, INV_OPS.train_images).values()),
+        test=list(inv_op_caches(INV_OPS.test_split, INV_OPS.test_images).values()),
         weights=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.safetensors",
         meta=f"{R}/inversion/{INV_OP_SLUG}/reconstructor.json",
         model=model_inputs(INV_OP_SLUG),
-        data=split_inputs(INV_OPS["dataset"], INV_OPS["test_split"]),
+        data=split_inputs(INV_OPS.dataset, INV_OPS.test_split),
     output:
         arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
-        table=f"{R}/tables/inversion_operators.csv",
+        table=f"{R}/tables/inversion/operators.csv",
     log:
         f"{R}/logs/inversion_operators/log.log",
     benchmark:
@@ -278,36 +344,36 @@ rule inversion_operators:
         runtime=120,
         gpu=gpu_resource,
     params:
-        spec=INV_OPS["model"],
+        spec=INV_OPS.model,
         load=load_params(),
-        train_caches=inv_op_caches(INV_OPS["train_split"], INV_OPS["train_images"]),
-        test_caches=inv_op_caches(INV_OPS["test_split"], INV_OPS["test_images"]),
-        dataset=INV_OPS["dataset"],
-        test_split=INV_OPS["test_split"],
-        test_images=INV_OPS["test_images"],
-        blue_factor=INV_OPS["blue_factor"],
-        tasks=INV_OPS["tasks"],
-        ridge=INV_OPS["ridge"],
-        n_examples=INV_OPS["n_examples"],
-        layer=INV["layer"],
+        train_caches=inv_op_caches(INV_OPS.train_split, INV_OPS.train_images),
+        test_caches=inv_op_caches(INV_OPS.test_split, INV_OPS.test_images),
+        dataset=INV_OPS.dataset,
+        test_split=INV_OPS.test_split,
+        test_images=INV_OPS.test_images,
+        blue_factor=INV_OPS.blue_factor,
+        tasks={k: list(v) for k, v in INV_OPS.tasks.items()},
+        ridge=INV_OPS.ridge,
+        n_examples=INV_OPS.n_examples,
+        layer=INV.layer,
         roots=data_roots,
     script:
-        "../workflow_scripts/inversion_operators.py"
+        "../workflow_scripts/inversion/inversion_operators.py"
 
 
 rule inversion_operator_figures:
     input:
         arrays=f"{R}/inversion/{INV_OP_SLUG}/operators.npz",
-        table=f"{R}/tables/inversion_operators.csv",
+        table=f"{R}/tables/inversion/operators.csv",
     output:
         [
             report(
-                f"{R}/figures/{t}.png",
-                caption="../report/inversion_operators.rst",
+                f"{R}/figures/inversion/{t}.png",
+                caption="../report/inversion/operators.rst",
                 category="Study 000: inversion",
                 labels={"figure": t},
             )
-            for t in INV_OPS["tasks"]
+            for t in INV_OPS.tasks
         ],
     log:
         f"{R}/logs/inversion_operator_figures/log.log",
@@ -318,7 +384,7 @@ rule inversion_operator_figures:
         mem_mb=2000,
         runtime=10,
     params:
-        tasks=list(INV_OPS["tasks"]),
-        model=INV_OPS["model"],
+        tasks=list(INV_OPS.tasks),
+        model=INV_OPS.model,
     script:
-        "../workflow_scripts/inversion_operator_figures.py"
+        "../workflow_scripts/inversion/inversion_operator_figures.py"

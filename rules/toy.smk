@@ -1,4 +1,31 @@
 # The toy world: generated images (HDF5) and the toy models trained on them.
+#
+#   {R}/data/toy/{dataset}.h5          toy, toy-spurious, toy-shift, toy-colour-ops
+#   {R}/models/toy/{toy_model}/        a toy model in its library's own format
+TOY_DATASETS = ["toy", "toy-spurious", "toy-shift", "toy-colour-ops"]
+_TOY_SECTION = {
+    "toy": "splits",
+    "toy-spurious": "spurious",
+    "toy-shift": "shift",
+    "toy-colour-ops": "colour_ops",
+}
+
+
+def toy_world_params(dataset):
+    """Only what drawing ``dataset`` depends on, so editing one section reruns one dataset."""
+    cfg = S.toy.to_dict()
+    out = {k: cfg[k] for k in ("seed", "image_size", "noise", "textured_background")}
+    section = _TOY_SECTION[dataset]
+    out[section] = cfg[section]
+    return out
+
+
+def toy_train_priority(wildcards):
+    """Longest training first: the toy model's optimiser steps x pairs per step, in thousands.
+    Among jobs that are ready, Snakemake starts higher priorities first, so the longest
+    training (the toy CLIP) does not start last and stretch the run."""
+    train = S.toy_models[wildcards.toy_model].train
+    return int(train.steps) * int(train.batch_size) / 1000.0
 
 
 rule toy_world:
@@ -17,9 +44,10 @@ rule toy_world:
         mem_mb=4000,
         runtime=30,
     params:
+        dataset="{dataset}",
         cfg=lambda w: toy_world_params(w.dataset),
     script:
-        "../workflow_scripts/generate_toy.py"
+        "../workflow_scripts/toy/toy_world.py"
 
 
 rule train_toy_model:
@@ -41,7 +69,7 @@ rule train_toy_model:
         gpu=gpu_resource,
     params:
         name="{toy_model}",
-        cfg=lambda w: config["toy_models"][w.toy_model],
-        device=config["device"],
+        cfg=lambda w: S.toy_models[w.toy_model].to_dict(),
+        device=S.device,
     script:
-        "../workflow_scripts/train_toy_model.py"
+        "../workflow_scripts/toy/train_toy_model.py"

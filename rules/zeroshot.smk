@@ -1,6 +1,29 @@
 # Zero-shot classification: one JSON per (model, task) from the cached image embeddings of the
-# task's dataset/split, then results/tables/zeroshot.csv and results/figures/zeroshot.png over
-# config["zeroshot"]["models"] x config["zeroshot"]["tasks"].
+# task's dataset/split, then results/tables/zeroshot/accuracy.csv and
+# results/figures/zeroshot/accuracy.png over zeroshot.models x zeroshot.tasks.
+from cliplens.core.data.tasks import get_task
+
+
+def zeroshot_templates(task_name):
+    """Format strings of the task's own template set, or of zeroshot.templates."""
+    override = S.zeroshot.templates.get(task_name)
+    return list(get_task(task_name).resolved_templates(override))
+
+
+def zeroshot_classnames(task_name):
+    """The task's class names when the registry fixes them; None = the dataset's own (read by
+    the job once the dataset exists)."""
+    names = get_task(task_name).classnames
+    return None if names is None or callable(names) else list(names)
+
+
+def zeroshot_json_paths():
+    return expand(
+        f"{R}/zeroshot/{{model}}/{{task}}.json",
+        model=[model_slug(m) for m in S.zeroshot.models],
+        task=S.zeroshot.tasks,
+    )
+
 
 
 rule zeroshot_eval:
@@ -31,18 +54,18 @@ rule zeroshot_eval:
         task="{task}",
         classnames=lambda w: zeroshot_classnames(w.task),
         templates=lambda w: zeroshot_templates(w.task),
-        batch_size=config["zeroshot"]["batch_size"],
-        dtype=config["cache"]["dtype"],
+        batch_size=S.zeroshot.batch_size,
+        dtype=S.cache.dtype,
         roots=data_roots,
     script:
-        "../workflow_scripts/zeroshot_eval.py"
+        "../workflow_scripts/zeroshot/zeroshot_eval.py"
 
 
 rule zeroshot_table:
     input:
         zeroshot_json_paths(),
     output:
-        f"{R}/tables/zeroshot.csv",
+        f"{R}/tables/zeroshot/accuracy.csv",
     log:
         f"{R}/logs/zeroshot_table.log",
     conda:
@@ -52,16 +75,16 @@ rule zeroshot_table:
         mem_mb=1000,
         runtime=5,
     script:
-        "../workflow_scripts/zeroshot_table.py"
+        "../workflow_scripts/zeroshot/zeroshot_table.py"
 
 
 rule zeroshot_figure:
     input:
-        f"{R}/tables/zeroshot.csv",
+        f"{R}/tables/zeroshot/accuracy.csv",
     output:
         report(
-            f"{R}/figures/zeroshot.png",
-            caption="../report/zeroshot.rst",
+            f"{R}/figures/zeroshot/accuracy.png",
+            caption="../report/zeroshot/accuracy.rst",
             category="Zero-shot",
         ),
     log:
@@ -75,4 +98,4 @@ rule zeroshot_figure:
     params:
         title="Zero-shot top-1 accuracy",
     script:
-        "../workflow_scripts/zeroshot_figure.py"
+        "../workflow_scripts/zeroshot/zeroshot_figure.py"

@@ -1,0 +1,273 @@
+"""Readers of the real datasets (torchvision's classes with ``download=False``, and small readers
+for COCO captions, Waterbirds and ImageNet-segmentation), each an
+:class:`~cliplens.core.data.base.ImageDataset`, and :data:`LOADERS`: dataset name -> reader."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .base import ImageDataset
+
+
+@functools.lru_cache(maxsize=None)
+def open_clip_metadata():
+    """open_clip's ``zero_shot_metadata`` module (ImageNet class names and prompt templates).
+
+    Loaded from open_clip's installed source file without importing the ``open_clip`` package
+    (which would import torch and take seconds); the same module if it is already imported.
+    """
+    mod = sys.modules.get("open_clip.zero_shot_metadata")
+    if mod is not None:
+        return mod
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ImportError("open_clip_torch is not installed (pip install open_clip_torch)")
+    path = Path(spec.origin).parent / "zero_shot_metadata.py"
+    mspec = importlib.util.spec_from_file_location("_cliplens_open_clip_zero_shot_metadata", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names
+
+
+def clean_classname(name: str) -> str:
+    """A readable class name: ``apple_pie`` -> ``apple pie``, ``AnnualCrop`` -> ``annual crop``.
+
+    Underscores become spaces; a single CamelCase word is split and lower-cased; names that
+    already contain spaces (``American Bulldog``) keep their case.
+    """
+    s = name.replace("_", " ").strip()
+    if " " not in s and re.search(r"[a-z][A-Z]", s):
+        s = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", s).lower()
+    return re.sub(r"\s+", " ", s)
+
+
+#: per-dataset names where the cleaned folder name reads badly
+CLASSNAME_OVERRIDES: dict[str, dict[str, str]] = {
+    "eurosat": {"SeaLake": "sea or lake"},
+}
+
+
+def _classnames(dataset: str, raw: Sequence[str]) -> list[str]:
+    over = CLASSNAME_OVERRIDES.get(dataset, {})
+    return [over.get(c, clean_classname(c)) for c in raw]
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _to_rgb(img: Any) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    return Image.fromarray(np.asarray(img)).convert("RGB")
+
+
+def _targets(tv: Any) -> np.ndarray:
+    """Integer labels of a torchvision dataset without decoding its images."""
+    for attr in ("targets", "_labels", "labels", "y"):
+        val = getattr(tv, attr, None)
+        if val is not None and not callable(val):
+            return np.asarray(val, dtype=np.int64)
+    if hasattr(tv, "_samples"):  # StanfordCars
+        return np.asarray([t for _, t in tv._samples], dtype=np.int64)
+    raise TypeError(f"cannot read labels of {type(tv).__name__} without loading every image")
+
+
+class TorchvisionDataset(ImageDataset):
+    """A torchvision classification dataset (no transform) as an :class:`ImageDataset`.
+
+    ``indices`` selects and orders a subset (for datasets without official splits).
+    """
+
+    def __init__(self, name: str, split: str, tv: Any, classnames: Sequence[str],
+                 indices: np.ndarray | None = None, root: str | None = None):
+        self.name, self.split, self.tv, self.root = name, split, tv, root
+        labels = _targets(tv)
+        self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+        self.labels = labels[self.indices]
+        self.classnames = list(classnames)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int) -> Image.Image:
+        img, _ = self.tv[int(self.indices[i])]
+        return _to_rgb(img)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "source": type(self.tv).__name__}
+
+
+class CocoCaptions(ImageDataset):
+    """COCO 2017 images of one split with their captions (no class labels).
+
+    Images are ordered by image id; ``captions[i]`` lists image ``i``'s captions (usually 5)
+    and ``image_ids[i]`` its COCO id.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, name: str = "coco2017"):
+        root = Path(root)
+        ann = root / "annotations" / f"captions_{split}2017.json"
+        if not ann.exists():
+            raise FileNotFoundError(ann)
+        data = json.loads(ann.read_text())
+        images = sorted(data["images"], key=lambda d: d["id"])
+        caps: dict[int, list[str]] = {d["id"]: [] for d in images}
+        for a in sorted(data["annotations"], key=lambda a: a["id"]):
+            caps.setdefault(a["image_id"], []).append(a["caption"].strip())
+        self.name, self.split = name, split
+        self.image_dir = root / f"{split}2017"
+        self.image_ids = np.asarray([d["id"] for d in images], dtype=np.int64)
+        self.files = [d["file_name"] for d in images]
+        self.captions = [caps[d["id"]] for d in images]
+        self.labels, self.classnames = None, None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> Image.Image:
+        with Image.open(self.image_dir / self.files[i]) as im:
+            return im.convert("RGB")
+
+
+class Waterbirds(ImageDataset):
+    """Waterbirds (``metadata.csv`` of the group_DRO tarball).
+
+    ``labels`` = bird type (0 landbird, 1 waterbird), ``places`` = background (0 land, 1 water),
+    ``groups = 2 * label + place`` (worst-group accuracy is taken over these four).
+    """
+
+    SPLITS = {"train": 0, "val": 1, "test": 2}
+
+    def __init__(self, root: str | os.PathLike, split: str, name: str = "waterbirds"):
+        folder = Path(root) / "waterbird_complete95_forest2water2"
+        if split not in self.SPLITS:
+            raise ValueError(f"waterbirds has splits {sorted(self.SPLITS)}, not {split!r}")
+        with open(folder / "metadata.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["split"]) == self.SPLITS[split]]
+        self.name, self.split, self.folder = name, split, folder
+        self.files = [r["img_filename"] for r in rows]
+        self.labels = np.asarray([int(r["y"]) for r in rows], dtype=np.int64)
+        self.places = np.asarray([int(r["place"]) for r in rows], dtype=np.int64)
+        self.groups = 2 * self.labels + self.places
+        self.classnames = ["landbird", "waterbird"]
+        self.group_names = ["landbird on land", "landbird on water", "waterbird on land",
+                            "waterbird on water"]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> Image.Image:
+        with Image.open(self.folder / self.files[i]) as im:
+            return im.convert("RGB")
+
+
+class ImageNetSegmentation(ImageDataset):
+    """ImageNet-segmentation ``gtsegs_ijcv.mat`` (MATLAB v7.3 = HDF5, read with h5py).
+
+    ``/value/img[i, 0]`` references an image stored as [3, W, H] uint8; ``/value/gt[i, 0]``
+    references a cell whose first element is the mask stored as [W, H].  ``mask(i)`` returns a
+    bool array [H, W] (foreground = True).  No class labels.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str = "test", name: str = "imagenet-seg"):
+        import h5py
+
+        self.path, self.name, self.split = str(path), name, split
+        self._h5 = h5py.File(self.path, "r")
+        self._n = int(self._h5["/value/img"].shape[0])
+        self.labels, self.classnames = None, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def image(self, i: int) -> Image.Image:
+        arr = np.asarray(self._h5[self._h5["/value/img"][i, 0]]).transpose(2, 1, 0)
+        return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8))).convert("RGB")
+
+    def mask(self, i: int) -> np.ndarray:
+        cell = self._h5[self._h5["/value/gt"][i, 0]]
+        return np.asarray(self._h5[cell[0, 0]]).T > 0
+
+
+def _split_indices(n: int, split: str, every: int = 5) -> np.ndarray | None:
+    """Deterministic split of a dataset that ships without one: ``test`` = every ``every``-th
+    sample (index % every == 0; class-stratified when samples are grouped by class), ``train``
+    = the rest, ``all`` = everything."""
+    idx = np.arange(n)
+    if split == "all":
+        return idx
+    if split == "test":
+        return idx[idx % every == 0]
+    if split == "train":
+        return idx[idx % every != 0]
+    raise ValueError(f"split must be train, test or all, not {split!r}")
+
+
+def _tv(name: str, root: Path, split: str) -> ImageDataset:
+    import torchvision.datasets as tvd
+
+    r = str(root)
+    if name == "cifar10":
+        _need(split, ("train", "test"), name)
+        tv = tvd.CIFAR10(r, train=split == "train", download=False)
+    elif name == "cifar100":
+        _need(split, ("train", "test"), name)
+        tv = tvd.CIFAR100(r, train=split == "train", download=False)
+    elif name == "food101":
+        tv = tvd.Food101(r, split=split, download=False)
+    elif name == "stl10":
+        tv = tvd.STL10(r, split=split, download=False)
+    elif name == "pets":
+        tv = tvd.OxfordIIITPet(r, split=split, target_types="category", download=False)
+    elif name == "dtd":
+        tv = tvd.DTD(r, split=split, partition=1, download=False)
+    elif name == "stanford-cars":
+        tv = tvd.StanfordCars(r, split=split, download=False)
+    elif name == "eurosat":
+        tv = tvd.EuroSAT(r, download=False)
+        return TorchvisionDataset(name, split, tv, _classnames(name, tv.classes),
+                                  _split_indices(len(tv.targets), split), r)
+    elif name == "caltech101":
+        tv = tvd.Caltech101(r, target_type="category", download=False)
+        return TorchvisionDataset(name, split, tv, _classnames(name, tv.categories),
+                                  _split_indices(len(tv.y), split), r)
+    elif name == "imagenet":
+        _need(split, ("val",), name)
+        tv = tvd.ImageNet(r, split="val")
+        names = list(open_clip_metadata().IMAGENET_CLASSNAMES)
+        return TorchvisionDataset(name, split, tv, names, None, r)
+    else:  # pragma: no cover - LOADERS and this function list the same names
+        raise KeyError(name)
+    return TorchvisionDataset(name, split, tv, _classnames(name, tv.classes), None, r)
+
+
+def _need(split: str, allowed: Sequence[str], name: str) -> None:
+    if split not in allowed:
+        raise ValueError(f"{name} has splits {list(allowed)}, not {split!r}")
+
+
+#: dataset name -> loader(root folder, split) -> ImageDataset
+LOADERS: dict[str, Callable[[Path, str], ImageDataset]] = {
+    **{n: (lambda root, split, _n=n: _tv(_n, root, split))
+       for n in ("cifar10", "cifar100", "food101", "stl10", "pets", "dtd", "eurosat",
+                 "caltech101", "imagenet", "stanford-cars")},
+    "coco2017": lambda root, split: CocoCaptions(root, split),
+    "waterbirds": lambda root, split: Waterbirds(root, split),
+    "imagenet-seg": lambda root, split: ImageNetSegmentation(root / "gtsegs_ijcv.mat", split),
+}

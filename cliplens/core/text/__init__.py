@@ -1,0 +1,1 @@
+"""Text sets (:mod:`.textsets`) and the one zero-shot classifier builder (:mod:`.zeroshot`)."""

@@ -1,0 +1,133 @@
+"""Text sets that explain heads (study 001): word lists and descriptions, and their embeddings.
+
+A text set is a list of strings.  Sources (``load_text_set``):
+
+* ``file:PATH`` — one text per line (blank lines and lines starting with ``#`` skipped);
+* ``builtin:clip-words`` — a general word list derived offline from the BPE vocabulary that
+  ships with open_clip: tokens that end a word (``</w>``), alphabetic, at least ``min_len``
+  letters and with a vowel, in merge order (earlier merges are more frequent words).  Some are
+  word endings rather than words (``ation``); TextSpan simply never picks what no head writes;
+* ``builtin:toy-words`` — every phrase the toy world's captions use for a factor value
+  (canonical names and synonyms: ``crimson``, ``disc``, ``at the left side`` ...);
+* ``builtin:toy-descriptions`` — short descriptions naming one or two factors
+  (``a red object``, ``a circle on the left``, ``a small shape on a dark background`` ...).
+
+Embeddings are unit-norm text embeddings of the model being explained (``embed_texts``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+BUILTIN = ("clip-words", "toy-words", "toy-descriptions")
+
+
+def clip_vocabulary_words(n: int | None = 5000, min_len: int = 3) -> list[str]:
+    """The first ``n`` (None = all) word-final, alphabetic BPE tokens of open_clip's tokenizer
+    with at least ``min_len`` letters and a vowel, lower-case, without duplicates."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    out: list[str] = []
+    seen = set()
+    for tok in SimpleTokenizer().encoder:  # insertion order: bytes, then merges by rank
+        if not tok.endswith("</w>"):
+            continue
+        w = tok[:-4]
+        if len(w) < min_len or not w.isalpha() or not w.isascii() or w in seen:
+            continue
+        if not any(c in "aeiouy" for c in w):
+            continue
+        seen.add(w)
+        out.append(w)
+        if n is not None and len(out) >= n:
+            break
+    return out
+
+
+def toy_words() -> list[str]:
+    """Every phrase of the toy world's captions (cliplens.core.toy.world.PHRASES), factor by factor."""
+    from ..toy.world import PHRASES
+
+    out = [p for factor in PHRASES.values() for phrases in factor.values() for p in phrases]
+    return list(dict.fromkeys(out))
+
+
+def toy_descriptions() -> list[str]:
+    """Descriptions naming one factor (``a red object``, ``a circle``, ``an object on the
+    left``, ``a small object``, ``an object on a dark background``) or a pair of factors
+    (``a red circle``, ``a circle on the left``, ``a small red object`` ...), canonical names."""
+    from ..toy.world import PHRASES
+
+    canon = {f: [v[0] for v in PHRASES[f].values()] for f in PHRASES}
+    out = [f"a {c} object" for c in canon["colour"]]
+    out += [f"a {s}" for s in canon["shape"]]
+    out += [f"an object {p}" for p in canon["position"]]
+    out += [f"a {z} object" for z in canon["size"]]
+    out += [f"an object {b}" for b in canon["background"]]
+    out += [f"a {c} {s}" for c, s in itertools.product(canon["colour"], canon["shape"])]
+    out += [f"a {s} {p}" for s, p in itertools.product(canon["shape"], canon["position"])]
+    out += [f"a {z} {c} object" for z, c in itertools.product(canon["size"], canon["colour"])]
+    out += [f"a {s} {b}" for s, b in itertools.product(canon["shape"], canon["background"])]
+    return list(dict.fromkeys(out))
+
+
+def text_factors(text: str) -> set[str]:
+    """The toy factors a text names: phrases of the toy captions (any synonym) found as whole
+    words, longest phrases first and each span used once (``a circle on a pale backdrop`` names
+    shape and background; its ``pale`` is not also read as the colour white)."""
+    import re
+
+    from ..toy.world import PHRASES
+
+    phrases = sorted(((p, f) for f, values in PHRASES.items() for ps in values.values()
+                      for p in ps), key=lambda x: -len(x[0]))
+    rest = " " + text.lower() + " "
+    found = set()
+    for phrase, factor in phrases:
+        pattern = r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])"
+        if re.search(pattern, rest):
+            found.add(factor)
+            rest = re.sub(pattern, " | ", rest)
+    return found
+
+
+def read_text_file(path: str | os.PathLike) -> list[str]:
+    """Texts of a file, one per line; blank lines and ``#`` comments skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    texts = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    if not texts:
+        raise ValueError(f"{path}: no texts (one per line expected)")
+    return list(dict.fromkeys(texts))
+
+
+def load_text_set(source: str, n_words: int | None = 5000) -> list[str]:
+    """Texts of ``source``: ``file:PATH`` or ``builtin:NAME`` (NAME in :data:`BUILTIN`)."""
+    kind, _, arg = source.partition(":")
+    if kind == "file" and arg:
+        return read_text_file(arg)
+    if kind == "builtin":
+        if arg == "clip-words":
+            return clip_vocabulary_words(n_words)
+        if arg == "toy-words":
+            return toy_words()
+        if arg == "toy-descriptions":
+            return toy_descriptions()
+    raise ValueError(f"unknown text set {source!r}: use file:PATH or builtin:NAME with NAME in "
+                     f"{BUILTIN}")
+
+
+def embed_texts(model, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Unit-norm text embeddings [len(texts), D] (float32) of ``model`` (a ClipModel)."""
+    import torch
+
+    parts = []
+    with torch.inference_mode():
+        for a in range(0, len(texts), batch_size):
+            e = model.encode_text(list(texts[a:a + batch_size]), normalize=True)
+            parts.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -1,0 +1,7 @@
+"""Embed the text sets that explain heads with the model being explained."""
+
+from cliplens.core.runlog import job_log
+from cliplens.studies.heads.jobs import run_texts
+
+with job_log(snakemake.log[0], threads=snakemake.threads):
+    run_texts(**snakemake.params, out=snakemake.output[0])
