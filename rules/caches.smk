@@ -8,15 +8,7 @@
 # (rules/common.smk).
 
 
-def cache_path(model_slug, dataset, split):
-    """The gathered embeddings cache of (model slug, dataset, split)."""
-    return f"{R}/cache/{model_slug}/{dataset}/{split}/embeddings.h5"
-
-
-def cache_shard_paths(wildcards):
-    w = wildcards
-    folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}"
-    return shard_paths(folder, "embeddings.", S.cache.shards)
+include: "helpers/caches.smk"
 
 
 rule cache_shard:

@@ -64,7 +64,11 @@ def data_roots(wildcards, input):
     roots = {"results": R, "resources": RES}
     for f in input.data:
         p = Path(f)
-        if p.suffix == ".h5" and p.parent.name == "toy" and p.parent.parent.name == "data":
+        if (
+            p.suffix == ".h5"
+            and p.parent.name == "toy"
+            and p.parent.parent.name == "data"
+        ):
             roots["results"] = str(p.parents[2])
         elif "datasets" in p.parts:
             roots["resources"] = str(Path(*p.parts[: p.parts.index("datasets")]) or ".")
@@ -80,18 +84,30 @@ def shard_paths(folder, stem, n):
 def gpu_resource(wildcards):
     """`gpu` resource of jobs that run a model: 0 when the config says device "cpu", or "auto" in
     a local run that sees no GPU (nothing to wait for: model jobs then run side by side); else 1.
-    A local run with GPUs limits `gpu` to their number (unless --resources gives it), so model
-    jobs take turns; on a cluster the scheduler hands out GPUs and nothing is limited here.  A
-    function of the job, so it is evaluated once the executor is known."""
-    if S.device == "cpu":
+    A function of the job, so it is evaluated once the executor is known."""
+    if S.device == "cpu" or (
+        S.device == "auto" and workflow.local_exec and not local_gpus()
+    ):
         return 0
-    if workflow.local_exec:
-        n = local_gpus()
-        if S.device == "auto" and not n:
-            return 0
-        if "gpu" not in workflow.global_resources:
-            workflow.register_resource("gpu", max(n, 1))
     return 1
+
+
+def limit_local_gpus():
+    """A local run (Snakemake was given cores, not remote jobs) on a machine with GPUs: limit the
+    `gpu` resource to their number, so model jobs take turns on them (unless --resources gpu=N
+    says otherwise).  A cluster run gets no limit: its scheduler hands out GPUs.  Called while
+    the Snakefile is parsed, before Snakemake's scheduler reads the global resources."""
+    if (
+        S.device == "cpu"
+        or workflow.nodes is not None
+        or "gpu" in workflow.global_resources
+    ):
+        return
+    n = (
+        local_gpus() if S.device == "auto" else max(local_gpus(), 1)
+    )  # cuda, mps: at least 1
+    if n:
+        workflow.register_resource("gpu", n)
 
 
 @lru_cache(maxsize=1)
@@ -103,7 +119,9 @@ def local_gpus():
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
@@ -125,3 +143,6 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_-]+",
     split=r"[A-Za-z0-9_]+",
     toy_model=r"[A-Za-z0-9_-]+",
+
+
+limit_local_gpus()

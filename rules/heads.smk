@@ -14,74 +14,9 @@
 #   {R}/tables/heads/{model}/neighbours.csv, {R}/figures/heads/{model}/neighbours.png
 #   {R}/tables/heads/{model}/spurious.csv, {R}/heads/{model}/spurious.json,
 #       {R}/figures/heads/{model}/spurious.png     worst-group accuracy, spurious heads ablated
-HEADS = S.heads
-HEADS_MODELS = [model_slug(m) for m in HEADS.models]
 
 
-def decomposition_path(slug, dataset, split):
-    """The gathered decomposition cache of (model slug, dataset, split)."""
-    return f"{R}/cache/{slug}/{dataset}/{split}/decomposition.h5"
-
-
-def decomposition_shard_paths(wildcards):
-    w = wildcards
-    folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}/decomposition"
-    return shard_paths(folder, "", HEADS.shards or S.cache.shards)
-
-
-def heads_text_files():
-    """Text files of heads.textspan.text_sets (file:PATH): editing one re-embeds the texts."""
-    return [t[len("file:") :] for t in HEADS.textspan.text_sets if t.startswith("file:")]
-
-
-def heads_fit_cache(wildcards):
-    return decomposition_path(wildcards.model, HEADS.fit.dataset, HEADS.fit.split)
-
-
-def heads_task_caches(wildcards):
-    """Task name -> decomposition cache of the task's dataset split."""
-    return {
-        t: decomposition_path(wildcards.model, get_task(t).dataset, get_task(t).split)
-        for t in HEADS.tasks
-    }
-
-
-def heads_task_data(wildcards):
-    out = []
-    for t in HEADS.tasks:
-        out += split_inputs(get_task(t).dataset, get_task(t).split)
-    return list(dict.fromkeys(out))
-
-
-def heads_factors_enabled():
-    return HEADS.factors.enabled and HEADS.fit.dataset in TOY_DATASETS
-
-
-def heads_spurious_caches(wildcards):
-    """Decomposition caches of the spurious task's fit split and evaluation split."""
-    task = get_task(HEADS.spurious.task)
-    return {
-        "fit": decomposition_path(wildcards.model, task.dataset, HEADS.spurious.fit_split),
-        "eval": decomposition_path(wildcards.model, task.dataset, task.split),
-    }
-
-
-def heads_outputs():
-    """Every table and figure of study 001 for each model in heads.models."""
-    out = []
-    for m in HEADS_MODELS:
-        out += [
-            f"{R}/heads/{m}/textspan.txt",
-            f"{R}/tables/heads/{m}/replacement.csv",
-            f"{R}/figures/heads/{m}/ablation.png",
-            f"{R}/figures/heads/{m}/spatial_maps.png",
-            f"{R}/figures/heads/{m}/neighbours.png",
-        ]
-        if heads_factors_enabled():
-            out.append(f"{R}/figures/heads/{m}/factors.png")
-        if HEADS.spurious.task:
-            out.append(f"{R}/figures/heads/{m}/spurious.png")
-    return out
+include: "helpers/heads.smk"
 
 
 rule heads_decompose_shard:
@@ -244,7 +179,9 @@ rule heads_ablation:
 rule heads_factors:
     input:
         fit=heads_fit_cache,
-        test=lambda w: decomposition_path(w.model, HEADS.fit.dataset, HEADS.factors.split),
+        test=lambda w: decomposition_path(
+            w.model, HEADS.fit.dataset, HEADS.factors.split
+        ),
         textspan=f"{R}/heads/{{model}}/textspan.json",
         data=lambda w: split_inputs(
             HEADS.fit.dataset, HEADS.fit.split, HEADS.factors.split
@@ -278,7 +215,9 @@ rule heads_segmentation:
         model=lambda w: model_inputs(w.model),
         texts=f"{R}/heads/{{model}}/texts.npz",
         textspan=f"{R}/heads/{{model}}/textspan.json",
-        data=lambda w: split_inputs(HEADS.segmentation.dataset, HEADS.segmentation.split)
+        data=lambda w: split_inputs(
+            HEADS.segmentation.dataset, HEADS.segmentation.split
+        )
         + split_inputs(
             get_task(HEADS.segmentation.task).dataset,
             get_task(HEADS.segmentation.task).split,

@@ -18,7 +18,6 @@ objects, never a raw dict.
 from __future__ import annotations
 
 import collections.abc
-import copy
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ class Section:
         error messages start with (default: ``SCHEMA`` with ``*`` as written)."""
         where = cls.SCHEMA if where is None else where
         schema = schema_at(cls.SCHEMA)
-        data = fill_defaults(copy.deepcopy(dict(data or {})), schema)
+        data = fill_defaults(plain(dict(data or {})), schema)
         errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data),
                         key=lambda e: list(e.absolute_path))
         if errors:

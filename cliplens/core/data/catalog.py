@@ -27,8 +27,6 @@ CHUNK = 1 << 20
 #: name of the marker written last into a prepared dataset folder
 READY = ".ready"
 
-READY = ".ready"
-
 
 class DownloadError(RuntimeError):
     """A file could not be fetched (network, HTTP status, truncation)."""

@@ -1,0 +1,10 @@
+# Helpers of rules/caches.smk (functions only; the rules are there).
+def cache_path(model_slug, dataset, split):
+    """The gathered embeddings cache of (model slug, dataset, split)."""
+    return f"{R}/cache/{model_slug}/{dataset}/{split}/embeddings.h5"
+
+
+def cache_shard_paths(wildcards):
+    w = wildcards
+    folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}"
+    return shard_paths(folder, "embeddings.", S.cache.shards)

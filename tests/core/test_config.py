@@ -1,0 +1,67 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cliplens.core.config import ConfigError, load_config, validate_config
+from cliplens.core.specs import parse_model_spec, slugify, unslugify
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_config_validates_and_gets_defaults():
+    cfg = load_config(ROOT / "config.yaml")
+    assert cfg["toy"]["textured_background"] is False  # filled from the schema
+    assert cfg["cache"]["dtype"] in ("float16", "float32")
+    assert cfg["toy"]["spurious"]["splits"] == {"train": 4000, "test": 2000}
+
+
+def test_empty_config_is_all_defaults():
+    cfg = validate_config({})
+    assert cfg["results"] == "results" and cfg["toy"]["splits"]["train"] == 20000
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        ({"toy": {"splits": {"trian": 5}}}, "toy.splits"),
+        ({"toy": {"splits": {"train": -5}}}, "toy.splits.train"),
+        ({"cache": {"dtype": "float8"}}, "cache.dtype"),
+        ({"zeroshot": {"models": ["clip-vit"]}}, "zeroshot.models.0"),
+        ({"device": "gpu"}, "device"),
+        ({"colour": 1}, "<top level>"),
+    ],
+)
+def test_a_bad_config_names_the_bad_key(edit, key):
+    with pytest.raises(ConfigError) as err:
+        validate_config(copy.deepcopy(edit))
+    lines = str(err.value).splitlines()[1:]
+    assert any(line.strip().startswith(f"{key}:") for line in lines), str(err.value)
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "test.yaml"])
+def test_shipped_configs_validate(name):
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    over = yaml.safe_load((ROOT / "configs" / name).read_text())
+    from cliplens.core.config import deep_merge
+
+    validate_config(deep_merge(base, over))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["open_clip:ViT-B-16@laion2b_s34b_b88k", "hf:google/siglip2-base-patch16-512", "toy:clip-vit",
+     "open_clip:RN50"],
+)
+def test_spec_slugs_round_trip(spec):
+    assert unslugify(slugify(spec)) == spec
+    assert "/" not in slugify(spec) and ":" not in slugify(spec)
+    assert str(parse_model_spec(spec)) == spec
+
+
+def test_bad_specs_are_named():
+    with pytest.raises(ValueError, match="unknown scheme 'timm'"):
+        parse_model_spec("timm:vit")
+    with pytest.raises(ValueError, match="expected"):
+        parse_model_spec("ViT-B-16")

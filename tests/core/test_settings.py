@@ -1,0 +1,141 @@
+"""Typed settings: the schema is the one source of keys and defaults; every section is a frozen
+dataclass built and validated once; a bad key or value is an error naming it."""
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cliplens.core import settings as st
+from cliplens.core.config import ConfigError, deep_merge, load_schema
+from cliplens.core.toy.models import ToyConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sections():
+    """Every Section subclass defined in cliplens.core.settings."""
+    return [c for c in vars(st).values()
+            if isinstance(c, type) and issubclass(c, st.Section) and c is not st.Section]
+
+
+def record(node):
+    """An object with its own named keys (a section), not a table of like values such as
+    ``inversion.operators.tasks`` (task -> operator kinds), which stays a mapping."""
+    props = node.get("properties") if node.get("type") == "object" else None
+    return bool(props) and len({json.dumps(v, sort_keys=True) for v in props.values()}) > 1
+
+
+def config(*extra):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for path in extra:
+        cfg = deep_merge(cfg, yaml.safe_load((ROOT / path).read_text()))
+    return cfg
+
+
+@pytest.mark.parametrize("cls", sections(), ids=lambda c: c.__name__)
+def test_each_section_mirrors_its_schema_and_holds_no_default(cls):
+    schema = st.schema_at(cls.SCHEMA)
+    fields = dataclasses.fields(cls)
+    assert {f.name for f in fields} == set(schema["properties"]), cls.SCHEMA
+    for f in fields:
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, \
+            f"{cls.__name__}.{f.name} has a default: defaults live in the schema only"
+        # a nested object of the schema is a nested section (or a mapping of them)
+        sub = schema["properties"][f.name]
+        if record(sub):
+            t = typing.get_type_hints(cls)[f.name]
+            assert isinstance(t, type) and issubclass(t, st.Section), (cls.__name__, f.name)
+            assert t.SCHEMA == f"{cls.SCHEMA}.{f.name}".lstrip(".")
+
+
+def test_every_schema_section_has_a_class():
+    """Each object with properties in the schema (below the top) is some section's SCHEMA."""
+    declared = {c.SCHEMA for c in sections()}
+
+    def walk(node, path):
+        if record(node):
+            assert path in declared, f"no settings class for {path!r}"
+            for k, sub in node["properties"].items():
+                walk(sub, f"{path}.{k}" if path else k)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
+
+    walk(load_schema(), "")
+
+
+@pytest.mark.parametrize("extra", [(), ("configs/test.yaml",), ("configs/paper.yaml",)],
+                         ids=["default", "test", "paper"])
+def test_the_three_configs_build_and_round_trip(extra):
+    cfg = config(*extra)
+    s = st.load_settings(cfg)  # fills cfg's defaults in place, as Snakemake's config needs
+    assert s.to_dict() == cfg
+    assert st.Settings.from_dict(s.to_dict()) == s
+
+
+def test_defaults_come_from_the_schema():
+    m = st.ToyModelSettings.from_dict({"library": "open_clip", "family": "clip"})
+    vision = load_schema()["properties"]["toy_models"]["additionalProperties"]["properties"][
+        "vision"]["properties"]
+    assert m.vision.width == vision["width"]["default"]
+    assert m.train.batching.kind == "random" and m.image_objective.kind == "none"
+
+
+def test_settings_are_frozen_and_lists_become_tuples():
+    s = st.load_settings(config())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.device = "cuda"
+    assert isinstance(s.zeroshot.models, tuple)
+    assert isinstance(s.inversion.reconstructor.channels, tuple)
+    assert s.inversion.reconstructor.to_dict()["channels"] == [64, 32, 16, 8]
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"inversion": {"train": {"stepz": 3}}}, "inversion.train"),
+    ({"heads": {"textspan": {"n_texts": 0}}}, "heads.textspan.n_texts"),
+    ({"toy_models": {"m": {"library": "open_clip", "family": "clip", "vision": {"width": "x"}}}},
+     "toy_models.m.vision.width"),
+    ({"cache": {"dtype": "int8"}}, "cache.dtype"),
+    ({"typo": 1}, "<top level>"),
+])
+def test_a_bad_key_or_value_is_named(cfg, key):
+    with pytest.raises(ConfigError) as err:
+        st.load_settings(deep_merge(config(), cfg))
+    assert f"{key}:" in str(err.value), str(err.value)
+
+
+def test_a_slice_names_its_own_path():
+    with pytest.raises(ConfigError, match=r"inversion\.train: Additional properties .*'stpes'"):
+        st.ReconstructorTrain.from_dict({"stpes": 3})
+    with pytest.raises(ConfigError, match=r"toy_models\.x\.vision\.heads"):
+        st.ToyModelSettings.from_dict({"library": "open_clip", "family": "clip",
+                                       "vision": {"heads": 0}}, where="toy_models.x")
+
+
+def test_cross_key_constraints_fail_when_the_config_is_read():
+    """Constraints the schema cannot state fail at planning, naming the key."""
+    bad = deep_merge(config(), {"toy_models": {"siglip-32": {"embed_dim": 32}}})
+    with pytest.raises(ToyConfigError, match=r"toy_models\.siglip-32\.embed_dim"):
+        st.load_settings(bad)
+    bad = deep_merge(config(), {"toy": {"spurious": {"classes": ["circle", "circle"]}}})
+    with pytest.raises(ConfigError, match=r"toy\.spurious\.classes"):
+        st.load_settings(bad)
+
+
+def test_replace_validates():
+    t = st.ReconstructorTrain.from_dict({})
+    assert t.replace(steps=7).steps == 7 and t.steps != 7
+    with pytest.raises(ConfigError, match="steps"):
+        t.replace(steps=0)
+    assert st.ReconstructorSettings.from_dict({"channels": (32, 16)}).channels == (32, 16)
+
+
+def test_batching_alternatives():
+    one = st.Batching.from_dict({"kind": "grouped", "share": ["colour", "size"]})
+    assert one.alternatives == [["colour", "size"]]
+    two = st.Batching.from_dict({"kind": "grouped", "share": [["colour"], ["shape"]]})
+    assert two.alternatives == [["colour"], ["shape"]]
+    assert st.Batching.from_dict({"kind": "grouped", "share": []}).alternatives == [[]]

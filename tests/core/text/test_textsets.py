@@ -1,0 +1,67 @@
+"""Text sets for head explanations: built-in lists, files, embeddings."""
+
+import numpy as np
+import pytest
+import torch
+
+from cliplens.core.text import textsets
+from cliplens.core.toy.world import PHRASES
+
+
+def test_clip_words_are_whole_alphabetic_tokens_in_merge_order():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    words = textsets.clip_vocabulary_words(2000)
+    assert len(words) == 2000 and len(set(words)) == 2000
+    assert all(w.isalpha() and len(w) >= 3 for w in words)
+    enc = SimpleTokenizer().encoder
+    assert all(enc[w + "</w>"] for w in words[:50])
+    ranks = [enc[w + "</w>"] for w in words]
+    assert ranks == sorted(ranks)  # frequent (early) merges first
+    for common in ("the", "photo", "red", "dog"):
+        assert common in textsets.clip_vocabulary_words(None)
+
+
+def test_toy_text_sets_name_every_factor_value():
+    words = textsets.toy_words()
+    for factor in PHRASES.values():
+        for phrases in factor.values():
+            assert set(phrases) <= set(words)
+    desc = textsets.toy_descriptions()
+    assert "a red object" in desc and "a circle on the left" in desc and "a red circle" in desc
+    assert len(desc) == len(set(desc))
+
+
+def test_text_files_and_bad_sources(tmp_path):
+    f = tmp_path / "words.txt"
+    f.write_text("# my words\nfur\n\n  stripes \nfur\n")
+    assert textsets.load_text_set(f"file:{f}") == ["fur", "stripes"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no texts"):
+        textsets.load_text_set(f"file:{tmp_path / 'empty.txt'}")
+    with pytest.raises(ValueError, match="builtin:NAME"):
+        textsets.load_text_set("builtin:imagenet-words")
+    assert textsets.load_text_set("builtin:toy-words") == textsets.toy_words()
+
+
+class Encoder:
+    """A text tower stand-in: embedding = a fixed random vector per text, times its length."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_text(self, texts, normalize=False):
+        self.calls.append(len(texts))
+        rows = [np.random.default_rng(sum(map(ord, t))).normal(size=8) * len(t) for t in texts]
+        return torch.tensor(np.stack(rows), dtype=torch.float16)
+
+
+def test_embeddings_are_the_normalised_text_embeddings_in_order():
+    enc = Encoder()
+    texts = ["a red circle", "a blue square", "fur", "a red circle!"]
+    emb = textsets.embed_texts(enc, texts, batch_size=3)
+    assert enc.calls == [3, 1]
+    assert emb.shape == (4, 8) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    ref = enc.encode_text(texts).float().numpy()
+    np.testing.assert_allclose(emb, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
