@@ -1,4 +1,4 @@
-"""Speed and peak memory of :func:`cliplens.heads.decompose` against plain ``encode_image`` on CPU.
+"""Speed and peak memory of :func:`cliplens.studies.heads.decompose.decompose` against plain ``encode_image`` on CPU.
 
 For each model (random weights, no network): the toy ``clip-vit`` architecture of config.yaml,
 open_clip ``ViT-B-16`` and (``--siglip``) a SigLIP base vision tower, at one batch size
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from cliplens.heads import decompose  # noqa: E402
+from cliplens.studies.heads.decompose import decompose  # noqa: E402
 
 MODES = ("encode", "decompose", "decompose_per_token")
 
@@ -39,21 +39,21 @@ MODES = ("encode", "decompose", "decompose_per_token")
 def build(name: str):
     """A ClipModel with random weights."""
     if name == "toy:clip-vit":
-        from cliplens.models.open_clip_adapter import OpenClipModel
-        from cliplens.models.toy import build_toy_model
+        from cliplens.core.models.open_clip_adapter import OpenClipModel
+        from cliplens.core.toy.models import build_toy_model
 
         torch.manual_seed(0)
         toy = build_toy_model("clip-vit", {"library": "open_clip", "family": "clip"})
         return OpenClipModel(name, toy.model.eval(), toy.transform, toy.tokenizer, family="clip",
                              embed_dim=toy.model_cfg["embed_dim"])
     if name == "open_clip:ViT-B-16":
-        from cliplens.models.registry import load_model
+        from cliplens.core.models.registry import load_model
 
         return load_model(name)
     if name == "siglip-base":
         import transformers as T
 
-        from cliplens.models.hf_adapter import HFClipModel
+        from cliplens.core.models.hf_adapter import HFClipModel
 
         torch.manual_seed(0)
         text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -1,6 +1,6 @@
 """Embedding extraction speed (images/s) on CPU: the toy CLIP and a random-weight ViT-B-16.
 
-Times :func:`cliplens.cache.extract_embeddings` end to end (PIL images -> the model's own
+Times :func:`cliplens.core.caches.embeddings.extract_embeddings` end to end (PIL images -> the model's own
 preprocessing -> image tower -> float16 HDF5 rows), median of ``--repeats`` runs after one
 warm-up batch.  Images are random uint8 pictures: 64 px for the toy model (the toy world's
 size) and 256 px for ViT-B-16 (a typical pre-resize size), so the preprocessing cost is
@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cliplens.cache import extract_embeddings  # noqa: E402
-from cliplens.data.base import ImageDataset, to_pil  # noqa: E402
+from cliplens.core.caches.embeddings import extract_embeddings  # noqa: E402
+from cliplens.core.data.base import ImageDataset, to_pil  # noqa: E402
 
 
 class RandomImages(ImageDataset):
@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = list(dict.fromkeys(int(t) for t in args.threads.split(",")))
 
-    from cliplens.models.registry import load_model
+    from cliplens.core.models.registry import load_model
 
     toy_root = Path(args.results) / "models" / "toy"
     cases = [("toy:clip-vit", 64, args.toy_images), ("open_clip:ViT-B-16", 256, args.vit_images)]

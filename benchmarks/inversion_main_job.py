@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         print(f"{rule:32s} {len(times):4d} {sum(times):8.1f} {max(times):7.1f}")
     print(f"{'(benchmarked jobs, summed)':32s} {'':4s} {jobs_s:8.1f}")
 
-    tables = Path(workdir, "results", "tables")
-    for name in ("inversion_similarity.csv", "inversion_v1_vs_v2.csv"):
+    tables = Path(workdir, "results", "tables", "inversion")
+    for name in ("similarity.csv", "v1_vs_v2.csv"):
         if (tables / name).exists():
             print(f"\n{name}:\n" + (tables / name).read_text())
     if args.json:

@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cliplens import toyworld
-from cliplens.config import load_config
-from cliplens.data.toy import write_toy_dataset
+from cliplens.core.data.toy import write_toy_dataset
+from cliplens.core.settings import settings_from_file
+from cliplens.core.toy import world as toyworld
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    cfg = load_config(ROOT / "config.yaml")["toy"]
+    cfg = settings_from_file(ROOT / "config.yaml").toy
     print(f"{'dataset':16s} {'images':>7s} {'draw s':>8s} {'write s':>8s} {'MB':>6s}")
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,8 @@ for this run only, to try a recipe without editing the config.
 Without ``--data`` the toy world is drawn from the config's ``toy`` section first (about 25 s).
 Accuracies are zero-shot top-1 on the toy *test* split with the toy world's class names and
 templates (the classifier is the normalised mean of normalised template embeddings).
-``--probe`` also fits a logistic regression per factor (``cliplens.head_analysis.probe_factors``)
+``--probe`` also fits a logistic regression per factor
+(``cliplens.studies.heads.analysis.probe_factors``)
 on the *val* image embeddings and scores it on *test*: what the image embedding encodes linearly, against
 what zero-shot prompts recover from it.  ``--captioned`` scores each factor with prompts that
 also name the image's other (true) factors, in the rich captions' first template: how well the
@@ -33,10 +34,12 @@ import time
 
 import torch
 
-from cliplens import toyworld
-from cliplens.config import load_config
-from cliplens.data.toy import read_split, write_toy_dataset
-from cliplens.models.toy import embed_images, save_toy_model, train_toy, zeroshot_accuracies
+from cliplens.core.config import load_config
+from cliplens.core.data.toy import read_split, write_toy_dataset
+from cliplens.core.settings import ToySettings
+from cliplens.core.toy import world as toyworld
+from cliplens.core.toy.training import (embed_images, save_toy_model, train_toy,
+                                        zeroshot_accuracies)
 
 FACTORS = ("colour", "shape", "position", "size")
 TARGETS = {"colour": 0.95, "shape": 0.85, "position": 0.90, "size": 0.90}
@@ -57,10 +60,10 @@ def apply_override(toy_models: dict, item: str) -> None:
 
 
 def linear_probe(toy, val, test, test_emb) -> dict[str, float]:
-    """Test accuracy per factor of :func:`cliplens.head_analysis.probe_factors` (a logistic
+    """Test accuracy per factor of :func:`cliplens.studies.heads.analysis.probe_factors` (a logistic
     regression on standardised features) fitted on the val split's image embeddings;
     ``test_emb`` [N, D] are the test split's."""
-    from cliplens.head_analysis import probe_factors
+    from cliplens.studies.heads.analysis import probe_factors
 
     xv = embed_images(toy, toy.preprocess(val["images"])).numpy()
     probes = probe_factors(xv, {f: val["labels"][f] for f in FACTORS}, test_emb.numpy(),
@@ -80,7 +83,7 @@ def captioned_accuracy(toy, test, img) -> dict[str, float]:
     """
     import numpy as np
 
-    from cliplens.models.toy import text_classifier
+    from cliplens.core.toy.training import text_classifier
 
     lab = {k: np.asarray(v) for k, v in test["labels"].items() if k in toyworld.FACTORS}
     words = {k: toyworld.classnames(k) for k in lab}
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory()
         data = os.path.join(tmp.name, "toy.h5")
         t0 = time.perf_counter()
-        write_toy_dataset(data, toyworld.generate("toy", cfg["toy"]), {"dataset": "toy"})
+        write_toy_dataset(data, toyworld.generate("toy", ToySettings.from_dict(cfg["toy"])), {"dataset": "toy"})
         print(f"drew the toy world in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     train = read_split(data, "train", keys=("images",))
     val = read_split(data, "val", keys=("images",))

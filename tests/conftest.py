@@ -55,3 +55,11 @@ def tiny_world(tmp_path_factory):
     return SimpleNamespace(
         S=S, results=results, roots={"results": str(results), "resources": str(results.parent)},
         load={"toy_root": str(results / "models" / "toy"), "device": "cpu", "hf_home": None})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest (and reproducibly) on one torch thread, even on a busy machine."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -6,61 +6,22 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cliplens.core.caches.rows import gather_shards, shard_bounds  # noqa: E402
 from cliplens.core.caches.tokens import extract_tokens, open_tokens, read_tokens  # noqa: E402
-from cliplens.core.data.base import ImageDataset  # noqa: E402
 from cliplens.core.data.views import FirstRows, TransformedView  # noqa: E402
 from cliplens.core.io import IncompleteFileError, ProvenanceError  # noqa: E402
 from cliplens.core.models.blocks import resolve_layer  # noqa: E402
 from cliplens.core.toy import world  # noqa: E402
+from tests.tiny_models import ArrayDataset, tiny_open_clip_vit, tiny_siglip  # noqa: E402
 
 
-class ArrayDataset(ImageDataset):
-    def __init__(self, images, name="arr", split="test"):
-        self.arr, self.name, self.split = images, name, split
-        self.labels = np.arange(len(images)) % 3
-
-    def __len__(self):
-        return len(self.arr)
-
-    def image(self, i):
-        return Image.fromarray(self.arr[i])
 
 
-def tiny_siglip(layers=3, image_size=32, patch=8):
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    from cliplens.core.models.hf_adapter import HFClipModel
-
-    cfg = SiglipConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=8, pad_token_id=0,
-                         bos_token_id=None, eos_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                           num_attention_heads=2, image_size=image_size, patch_size=patch))
-    torch.manual_seed(0)
-    proc = SiglipImageProcessor(size={"height": image_size, "width": image_size},
-                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    return HFClipModel("hf:./tiny-siglip", SiglipModel(cfg), proc, None)
 
 
-def tiny_open_clip_vit():
-    import open_clip
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    from cliplens.core.models.open_clip_adapter import OpenClipModel
-
-    torch.manual_seed(0)
-    model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32,
-                                                         head_width=16, patch_size=8),
-                           text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2,
-                                         layers=1))
-    tr = image_transform_v2(PreprocessCfg(size=32), is_train=False)
-    return OpenClipModel("open_clip:tiny", model.eval(), tr, None, family="clip", embed_dim=16)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,6 @@ from cliplens.core.models.blocks import resolve_layer, resolve_layers
 from tests import tiny_models as tm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 VITS = {
     "open_clip ViT": lambda: tm.open_clip_model(),

@@ -22,13 +22,6 @@ from cliplens.core.toy.objectives import (
 from .tiny import TINY
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 # --- losses ----------------------------------------------------------------------------------
 

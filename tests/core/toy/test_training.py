@@ -31,13 +31,6 @@ from cliplens.core.train import lr_factor
 from .tiny import TINY, TINY_TRAIN, toy_splits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def splits(toy_cfg):

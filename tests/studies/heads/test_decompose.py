@@ -12,74 +12,23 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import open_clip  # noqa: E402
 import transformers as T  # noqa: E402
-from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: E402
 
-from cliplens.core.models.hf_adapter import HFClipModel  # noqa: E402
-from cliplens.core.models.open_clip_adapter import OpenClipModel  # noqa: E402
 from cliplens.studies.heads.decompose import Decomposition, decompose, resolve_layers  # noqa: E402
+from tests import tiny_models as tm  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
-def _open_clip(vision_cfg: dict, embed_dim: int = 16, seed: int = 0, **kw) -> OpenClipModel:
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg=vision_cfg,
-                           text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2,
-                                         layers=1), **kw).eval()
-    tr = image_transform_v2(PreprocessCfg(size=vision_cfg["image_size"]), is_train=False)
-    return OpenClipModel("open_clip:test", model, tr, None, family="clip", embed_dim=embed_dim)
 
 
-def _toy_vit() -> OpenClipModel:
-    """The toy ``clip-vit`` architecture (schema defaults, random weights) via the toy path."""
-    from cliplens.core.toy.models import build_toy_model
-
-    torch.manual_seed(0)
-    toy = build_toy_model("clip-vit", {"library": "open_clip", "family": "clip"})
-    return OpenClipModel("toy:clip-vit", toy.model.eval(), toy.transform, toy.tokenizer,
-                         family="clip", embed_dim=toy.model_cfg["embed_dim"])
 
 
-def _siglip(vision: dict, kind: str = "siglip") -> HFClipModel:
-    torch.manual_seed(0)
-    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=8, pad_token_id=0,
-                bos_token_id=None, eos_token_id=1)
-    if kind == "siglip":
-        model = T.SiglipModel(T.SiglipConfig(text_config=text, vision_config=vision))
-        s = model.config.vision_config.image_size
-        proc = T.SiglipImageProcessor(size={"height": s, "width": s})
-    else:
-        model = T.Siglip2Model(T.Siglip2Config(text_config=text, vision_config=vision))
-        proc = T.Siglip2ImageProcessor(patch_size=vision["patch_size"], max_num_patches=20)
-    return HFClipModel(f"hf:test-{kind}", model.eval(), proc, None)
 
 
-def _hf_clip() -> HFClipModel:
-    torch.manual_seed(0)
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2)
-    cfg = T.CLIPConfig(text_config=dict(common, vocab_size=64, max_position_embeddings=8,
-                                        pad_token_id=0, bos_token_id=2, eos_token_id=1),
-                       vision_config=dict(common, image_size=32, patch_size=8), projection_dim=24)
-    proc = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return HFClipModel("hf:test-clip", T.CLIPModel(cfg).eval(), proc, None)
 
 
-TINY_VIT = dict(image_size=32, layers=3, width=32, head_width=8, patch_size=8)
 
-
-def _pixels(model, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, model.image_size, model.image_size, generator=g)
 
 
 def check_exact(model, pixels, atol: float, **kw) -> Decomposition:
@@ -106,8 +55,8 @@ def check_exact(model, pixels, atol: float, **kw) -> Decomposition:
 
 
 def test_toy_vit_sums_to_the_embedding():
-    m = _toy_vit()
-    d = check_exact(m, _pixels(m, 4), atol=5e-6)
+    m = tm.toy_vit()
+    d = check_exact(m, tm.pixels(m, 4), atol=5e-6)
     blocks, heads = len(m.vision_blocks), m.vision_blocks[0].attn.num_heads
     dim = m.embed_dim
     assert d.heads.shape == (4, blocks, heads, dim) and d.mlps.shape == (4, blocks, dim)
@@ -119,9 +68,9 @@ def test_toy_vit_sums_to_the_embedding():
 
 
 def test_layerscale_quickgelu_sincos_vit_sums_to_the_embedding():
-    m = _open_clip(dict(TINY_VIT, ls_init_value=0.3, pos_embed_type="sin_cos_2d"),
+    m = tm.open_clip_model(dict(tm.TINY_VIT, ls_init_value=0.3, pos_embed_type="sin_cos_2d"),
                    quick_gelu=True)
-    check_exact(m, _pixels(m, 3), atol=2e-6)
+    check_exact(m, tm.pixels(m, 3), atol=2e-6)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +81,7 @@ def vit_b16():
 
 
 def test_vit_b16_sums_to_the_embedding(vit_b16):
-    d = check_exact(vit_b16, _pixels(vit_b16, 2), atol=2e-5)
+    d = check_exact(vit_b16, tm.pixels(vit_b16, 2), atol=2e-5)
     assert d.heads.shape == (2, 12, 12, 512)
 
 
@@ -141,8 +90,8 @@ def test_tiny_siglip_sums_to_the_embedding(kind):
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                   patch_size=8)
     vision.update(image_size=32) if kind == "siglip" else vision.update(num_patches=16)
-    m = _siglip(vision, kind)
-    d = check_exact(m, _pixels(m, 3), atol=2e-6)
+    m = tm.siglip(vision, kind)
+    d = check_exact(m, tm.pixels(m, 3), atol=2e-6)
     assert d.kind == "attn_pool" and d.pool_mlp is not None and d.heads.shape == (3, 3, 4, 32)
     # the constant term is image-independent
     assert torch.allclose(d.bias, d.bias[:1].expand_as(d.bias))
@@ -155,16 +104,16 @@ def test_tiny_siglip_sums_to_the_embedding(kind):
 def test_siglip_base_size_sums_to_the_embedding():
     """SigLIP base vision tower (SiglipVisionConfig() defaults: 224 px, 16 px patches, 12 layers,
     width 768, 12 heads), random weights, batch 1."""
-    m = _siglip(T.SiglipVisionConfig().to_dict())
+    m = tm.siglip(T.SiglipVisionConfig().to_dict())
     t = time.perf_counter()
-    d = check_exact(m, _pixels(m, 1), atol=2e-5)
+    d = check_exact(m, tm.pixels(m, 1), atol=2e-5)
     print(f"[heads] SigLIP base: encode + decompose {time.perf_counter() - t:.1f} s")
     assert d.heads.shape == (1, 12, 12, 768)
 
 
 def test_hf_clip_sums_to_the_embedding():
-    m = _hf_clip()
-    d = check_exact(m, _pixels(m, 2), atol=2e-6, per_token=True)
+    m = tm.hf_clip()
+    d = check_exact(m, tm.pixels(m, 2), atol=2e-6, per_token=True)
     assert d.tokens.shape == (2, 2, 2, 17, 24)
 
 
@@ -175,13 +124,13 @@ def test_hf_clip_sums_to_the_embedding():
 @pytest.mark.parametrize("which", ["open_clip", "siglip", "siglip2"])
 def test_per_token_terms_sum_to_head_terms(which):
     if which == "open_clip":
-        m = _open_clip(TINY_VIT)
+        m = tm.open_clip_model(tm.TINY_VIT)
     else:
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                       num_attention_heads=4, patch_size=8)
         vision.update(image_size=32) if which == "siglip" else vision.update(num_patches=16)
-        m = _siglip(vision, which)
-    px = _pixels(m, 2)
+        m = tm.siglip(vision, which)
+    px = tm.pixels(m, 2)
     d = check_exact(m, px, atol=2e-6, layers=2, per_token=True)
     T_ = d.tokens.shape[3]
     assert d.tokens.shape == (2, 2, 4, T_, d.heads.shape[-1])
@@ -204,8 +153,8 @@ def test_a_head_term_depends_only_on_its_own_value_weights():
     """Changing the value weights of head h of the last layer changes that head's term and, as it
     reads the stream after the attention, the same layer's MLP; no other term changes before the
     final LayerNorm (the post-LN terms change only through the shared sigma)."""
-    m = _open_clip(TINY_VIT)
-    px = _pixels(m, 3)
+    m = tm.open_clip_model(tm.TINY_VIT)
+    px = tm.pixels(m, 3)
     with torch.inference_mode():
         before = decompose(m, px)
     attn = m.model.visual.transformer.resblocks[-1].attn
@@ -238,11 +187,11 @@ def test_a_head_term_depends_only_on_its_own_value_weights():
 @pytest.mark.parametrize("which", ["open_clip", "siglip"])
 def test_kept_layers_fold_the_rest_exactly(which):
     if which == "open_clip":
-        m = _open_clip(dict(TINY_VIT, layers=4))
+        m = tm.open_clip_model(dict(tm.TINY_VIT, layers=4))
     else:
-        m = _siglip(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        m = tm.siglip(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, patch_size=8, image_size=32))
-    px = _pixels(m, 2)
+    px = tm.pixels(m, 2)
     with torch.inference_mode():
         full = decompose(m, px)
     d = check_exact(m, px, atol=2e-6, layers=2)
@@ -273,9 +222,9 @@ def test_resolve_layers():
 
 
 def test_labels_name_layers_and_heads():
-    m = _open_clip(TINY_VIT)
+    m = tm.open_clip_model(tm.TINY_VIT)
     with torch.inference_mode():
-        d = decompose(m, _pixels(m, 1), layers=1)
+        d = decompose(m, tm.pixels(m, 1), layers=1)
     _, labels = d.terms()
     assert labels == ["embed", "L2.H0", "L2.H1", "L2.H2", "L2.H3", "L2.attn_bias", "L2.mlp",
                       "rest", "bias"]
@@ -287,12 +236,12 @@ def test_labels_name_layers_and_heads():
 
 @pytest.mark.parametrize("vision_cfg, match", [
     (dict(image_size=32, layers=[1, 1, 1, 1], width=16, head_width=32), "ModifiedResNet"),
-    (dict(TINY_VIT, pool_type="avg"), "pool_type"),
-    (dict(TINY_VIT, attentional_pool=True, attn_pooler_heads=2, attn_pooler_queries=4),
+    (dict(tm.TINY_VIT, pool_type="avg"), "pool_type"),
+    (dict(tm.TINY_VIT, attentional_pool=True, attn_pooler_heads=2, attn_pooler_queries=4),
      "attentional_pool"),
-    (dict(TINY_VIT, qk_norm=True), "CustomResidualAttentionBlock"),
+    (dict(tm.TINY_VIT, qk_norm=True), "CustomResidualAttentionBlock"),
 ])
 def test_unsupported_open_clip_towers_raise(vision_cfg, match):
-    m = _open_clip(vision_cfg)
+    m = tm.open_clip_model(vision_cfg)
     with pytest.raises(NotImplementedError, match=match):
-        decompose(m, _pixels(m, 1))
+        decompose(m, tm.pixels(m, 1))

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from cliplens.studies.inversion.colour import (
     evaluate_colour_operators,
@@ -11,13 +10,6 @@ from cliplens.studies.inversion.colour import (
 
 from .tiny import make_net, smooth_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ArrayTokens:

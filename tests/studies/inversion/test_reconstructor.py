@@ -13,14 +13,6 @@ from cliplens.studies.inversion.reconstructor import (
 from .tiny import TINY, make_net
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and reproducibly) on one thread, even on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_reconstructor_shapes_and_stages():
     net = make_net()

@@ -39,7 +39,7 @@ def test_summary_and_paired_differences():
 
 
 def test_similarity_of_an_image_with_itself_is_one():
-    from tests.core.caches.test_tokens import tiny_siglip
+    from tests.tiny_models import tiny_siglip
 
     scorer = tiny_siglip()
     imgs = [Image.fromarray(a) for a in

@@ -18,14 +18,6 @@ from cliplens.studies.inversion.training import (
 from .tiny import TINY, make_net, make_source, train_settings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and reproducibly) on one thread, even on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_reconstructor_overfits_a_handful_of_images():
     source, imgs = make_source()
@@ -93,7 +85,7 @@ def test_schedule_and_batch_plan():
 
 
 def test_online_source_encodes_the_pixels_it_serves(tmp_path):
-    from tests.core.caches.test_tokens import ArrayDataset, tiny_siglip
+    from tests.tiny_models import ArrayDataset, tiny_siglip
 
     model = tiny_siglip()
     ds = ArrayDataset(np.random.default_rng(0).integers(0, 256, (10, 40, 40, 3), dtype=np.uint8))
