@@ -38,8 +38,8 @@ from cliplens.core.config import load_config
 from cliplens.core.data.toy import read_split, write_toy_dataset
 from cliplens.core.settings import ToySettings
 from cliplens.core.toy import world as toyworld
-from cliplens.core.toy.training import (embed_images, save_toy_model, train_toy,
-                                        zeroshot_accuracies)
+from cliplens.core.text.zeroshot import toy_classifier, toy_zeroshot
+from cliplens.core.toy.training import embed_images, save_toy_model, train_toy
 
 FACTORS = ("colour", "shape", "position", "size")
 TARGETS = {"colour": 0.95, "shape": 0.85, "position": 0.90, "size": 0.90}
@@ -77,13 +77,11 @@ def captioned_accuracy(toy, test, img) -> dict[str, float]:
     For test image i and factor f, the candidates are the first rich caption template filled
     with the image's true labels (canonical phrases) except f, which takes each of f's values;
     the prediction is the candidate whose text embedding has the largest cosine with the image
-    embedding.  Against the one-factor prompts of :func:`zeroshot_accuracies`, this separates
+    embedding.  Against the one-factor prompts of :func:`toy_zeroshot`, this separates
     what the image embedding holds (aligned with whole captions) from how well one-factor
     prompts transfer to it.  ``img`` [N, D] are the test images' normalised embeddings.
     """
     import numpy as np
-
-    from cliplens.core.toy.training import text_classifier
 
     lab = {k: np.asarray(v) for k, v in test["labels"].items() if k in toyworld.FACTORS}
     words = {k: toyworld.classnames(k) for k in lab}
@@ -93,7 +91,7 @@ def captioned_accuracy(toy, test, img) -> dict[str, float]:
                                                            words[k][lab[k][i]]) for k in lab})
                  for c in range(len(words[f]))] for i in range(len(img))]
         unique = sorted({t for r in rows for t in r})
-        emb = text_classifier(toy, unique, ("{}",))  # [U, D], normalised
+        emb = toy_classifier(toy, unique, ("{}",))  # [U, D], normalised
         at = {t: j for j, t in enumerate(unique)}
         cand = emb[torch.tensor([[at[t] for t in r] for r in rows])]  # [N, C, D]
         pred = torch.einsum("ncd,nd->nc", cand, img).argmax(1).numpy()
@@ -126,7 +124,8 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory()
         data = os.path.join(tmp.name, "toy.h5")
         t0 = time.perf_counter()
-        write_toy_dataset(data, toyworld.generate("toy", ToySettings.from_dict(cfg["toy"])), {"dataset": "toy"})
+        world = toyworld.generate("toy", ToySettings.from_dict(cfg["toy"]))
+        write_toy_dataset(data, world, {"dataset": "toy"})
         print(f"drew the toy world in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     train = read_split(data, "train", keys=("images",))
     val = read_split(data, "val", keys=("images",))
@@ -137,10 +136,10 @@ def main(argv=None) -> int:
 
     rows = []
     for name in names:
-        toy, meta = train_toy(name, cfg["toy_models"][name], train, val,
-                              progress=not args.quiet)
+        toy, meta = train_toy(name, cfg["toy_models"][name], train, progress=not args.quiet)
+        meta["zeroshot"] = toy_zeroshot(toy, val)  # on val, as the workflow's training job
         pixels = toy.preprocess(test["images"])
-        acc = zeroshot_accuracies(toy, test, factors=FACTORS, pixels=pixels)
+        acc = toy_zeroshot(toy, test, factors=FACTORS, pixels=pixels)
         emb = embed_images(toy, pixels) if args.probe or args.captioned else None
         probe = linear_probe(toy, val, test, emb) if args.probe else None
         captioned = captioned_accuracy(toy, test, emb) if args.captioned else None

@@ -94,13 +94,33 @@ def run_toy_world(*, dataset: str, cfg: Mapping[str, Any], out: str) -> dict[str
     return sizes
 
 
+def train_toy_model(name: str, cfg, train: Mapping[str, Any], val: Mapping[str, Any] | None,
+                    out_dir: str | Path, progress: bool = True, device: str | None = "cpu"
+                    ) -> dict[str, Any]:
+    """:func:`~cliplens.core.toy.training.train_toy`, the zero-shot accuracies per factor on
+    ``val`` into the metadata (``zeroshot``, :func:`~cliplens.core.text.zeroshot.toy_zeroshot`),
+    then :func:`~cliplens.core.toy.training.save_toy_model` into ``out_dir``; returns the
+    metadata."""
+    from .text.zeroshot import toy_zeroshot
+    from .toy.training import resolve_device, save_toy_model, train_toy
+
+    toy, meta = train_toy(name, cfg, train, progress=progress, device=device)
+    if val is not None:
+        dev = resolve_device(device)
+        meta["zeroshot"] = toy_zeroshot(toy.to(dev), val, device=dev)
+        toy.to("cpu")
+        log.info("%s: zero-shot on val %s", name,
+                 ", ".join(f"{k} {v:.3f}" for k, v in meta["zeroshot"].items()))
+    save_toy_model(toy, meta, out_dir)
+    return meta
+
+
 def run_train_toy_model(*, name: str, cfg: Mapping[str, Any], device: str, data: str,
                         out: str) -> dict[str, Any]:
     """Train toy model ``name`` on the toy world's train split (zero-shot scored on val) and save
     it in its library's format into the directory ``out``; returns its metadata."""
     from .data.toy import read_split
     from .settings import ToyModelSettings
-    from .toy.training import train_toy_model
 
     train = read_split(data, "train", keys=("images",))
     val = read_split(data, "val", keys=("images",))

@@ -61,14 +61,11 @@ class BlockRun:
 
 
 @dataclass
-class AttentionBlock:
-    """A pre-LN transformer block as weights (``[out, in]``) and callables:
-    ``x' = x + a``, ``a = ls1 * (sum_h A_h (LN1(x) Wv_h^T + bv_h) Wo_h^T + bo)``,
-    ``x'' = x' + ls2 * MLP(LN2(x'))``."""
+class AttentionWeights:
+    """Multi-head attention as weights (``[out, in]``): ``Q = X Wq^T + bq`` (keys, values
+    likewise), ``heads`` heads attending with ``softmax(scale Q_h K_h^T)``, out-projection
+    ``Wo``, ``bo``."""
 
-    ln1: Callable[[torch.Tensor], torch.Tensor]
-    ln2: Callable[[torch.Tensor], torch.Tensor]
-    mlp: Callable[[torch.Tensor], torch.Tensor]
     wq: torch.Tensor
     bq: torch.Tensor | None
     wk: torch.Tensor
@@ -79,6 +76,17 @@ class AttentionBlock:
     bo: torch.Tensor | None
     heads: int
     scale: float
+
+
+@dataclass
+class AttentionBlock(AttentionWeights):
+    """A pre-LN transformer block as weights and callables:
+    ``x' = x + a``, ``a = ls1 * (sum_h A_h (LN1(x) Wv_h^T + bv_h) Wo_h^T + bo)``,
+    ``x'' = x' + ls2 * MLP(LN2(x'))``."""
+
+    ln1: Callable[[torch.Tensor], torch.Tensor]
+    ln2: Callable[[torch.Tensor], torch.Tensor]
+    mlp: Callable[[torch.Tensor], torch.Tensor]
     ls1: torch.Tensor | None = None
     ls2: torch.Tensor | None = None
     wqkv: torch.Tensor | None = None  # [3D, D] when q, k, v come from one fused projection
@@ -141,23 +149,13 @@ def mha_weights(attn: torch.nn.MultiheadAttention, what: str):
 
 
 @dataclass
-class AttentionPool:
+class AttentionPool(AttentionWeights):
     """An attention-pooling head as weights.  ``query``: ``"probe"`` (SigLIP: a learned probe
     [D] attends over the tokens; then ``out + mlp(norm(out))``) or ``"mean"`` (CLIP ResNets:
     the mean of the feature map, prepended as token 0 with ``positional`` [HW + 1, C] added
     to every token, queries them; the output is token 0's)."""
 
-    query: str
-    wq: torch.Tensor
-    bq: torch.Tensor | None
-    wk: torch.Tensor
-    bk: torch.Tensor | None
-    wv: torch.Tensor
-    bv: torch.Tensor | None
-    wo: torch.Tensor
-    bo: torch.Tensor | None
-    heads: int
-    scale: float
+    query: str = "probe"
     probe: torch.Tensor | None = None
     positional: torch.Tensor | None = None
     norm: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -197,12 +197,14 @@ class VisionTower:
         return box["x"]
 
 
-class OpenClipViT(VisionTower):
-    """open_clip ``VisionTransformer`` (real and toy ViTs)."""
-
+class _OpenClipTower(VisionTower):
     def __init__(self, model):
         super().__init__(model)
         self.module = model.model.visual
+
+
+class OpenClipViT(_OpenClipTower):
+    """open_clip ``VisionTransformer`` (real and toy ViTs)."""
 
     @property
     def modules(self):
@@ -270,14 +272,10 @@ class OpenClipViT(VisionTower):
         return y if proj is None else y @ proj
 
 
-class OpenClipResNet(VisionTower):
+class OpenClipResNet(_OpenClipTower):
     """open_clip ``ModifiedResNet`` (CLIP ResNets: four stages, then attention pooling)."""
 
     pooling = "attn_pool2d"
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.module = model.model.visual
 
     @property
     def modules(self):
@@ -309,12 +307,8 @@ class OpenClipResNet(VisionTower):
         return F.linear(z.transpose(1, 2).reshape(b, -1), p.wo, p.bo)
 
 
-class OpenClipTimm(VisionTower):
+class OpenClipTimm(_OpenClipTower):
     """open_clip towers built on timm (blocks for hooks only)."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.module = model.model.visual
 
     @property
     def modules(self):

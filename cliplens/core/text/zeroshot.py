@@ -162,3 +162,39 @@ def zeroshot_accuracy(
         "mean_per_class": float(np.mean(seen)) if seen else float("nan"),
     }
 
+
+# ---------------------------------------------------------------------------------------------
+# toy models being trained
+
+#: toy factors scored zero-shot after training (the toy model's metadata ``zeroshot``)
+ZEROSHOT_FACTORS = ("colour", "shape", "position", "size", "background")
+
+
+@torch.no_grad()
+def toy_classifier(toy, classnames: Sequence[str], templates: Sequence[str],
+                   device="cpu") -> torch.Tensor:
+    """The zero-shot classifier [C, D] of a toy model being trained
+    (:class:`cliplens.core.toy.models.ToyModel`: :func:`class_embeddings` on its own
+    tokenizer and text tower, in eval mode)."""
+    toy.train(False)
+    return class_embeddings(lambda texts: toy.encode_text(toy.tokenize(texts).to(device)).cpu(),
+                            classnames, templates)
+
+
+def toy_zeroshot(toy, split: Mapping[str, Any], factors: Sequence[str] = ZEROSHOT_FACTORS,
+                 pixels: torch.Tensor | None = None, device="cpu") -> dict[str, float]:
+    """Zero-shot top-1 accuracy per toy factor of a toy model being trained on ``split``
+    (``images`` uint8 and ``labels``), with the toy world's class names and templates."""
+    from ..toy import world
+    from ..toy.training import embed_images
+
+    if pixels is None:
+        pixels = toy.preprocess(split["images"])
+    img = embed_images(toy, pixels, device=device)
+    out = {}
+    for factor in factors:
+        w = toy_classifier(toy, world.classnames(factor), world.ZEROSHOT_TEMPLATES[factor],
+                           device=device)
+        pred = (img @ w.T).argmax(1).numpy()
+        out[factor] = float(np.mean(pred == np.asarray(split["labels"][factor])))
+    return out

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import ConfigError
-from ..settings import ToyModelSettings
+from ..settings.toy import ToyConfigError, ToyModelSettings, check_toy_model  # noqa: F401
 from .objectives import PatchPixelObjective, sigmoid_loss, softmax_contrastive_loss
 
 #: open_clip's BPE vocabulary size (``SimpleTokenizer``)
@@ -40,10 +40,6 @@ IMAGE_OBJECTIVE_FILE = "image_objective.safetensors"
 #: mean/std of the open_clip toys (open_clip's defaults, the OpenAI statistics)
 OPEN_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPEN_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ToyConfigError(ConfigError):
-    """A toy model's config slice is inconsistent; the message names the model and the key."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,61 +59,6 @@ def toy_model_config(name: str, cfg) -> ToyModelSettings:
         raise
     except ConfigError as err:
         raise ToyConfigError(str(err)) from None
-
-
-def check_toy_model(cfg: ToyModelSettings, where: str) -> None:
-    """The architecture constraints the schema cannot state: library and family agree, the image
-    size suits the tower (a multiple of 32 for a ModifiedResNet, of the patch for a ViT), heads
-    divide widths, SigLIP's embedding is its vision width, only SigLIP2 has an image objective,
-    partial captions only for rich-caption CLIPs.  Raises :class:`ToyConfigError` at ``where``."""
-
-    def bad(key: str, msg: str) -> ToyConfigError:
-        return ToyConfigError(f"{where}.{key}: {msg}")
-
-    lib, fam, v, t = cfg.library, cfg.family, cfg.vision, cfg.text
-    if (lib == "open_clip") != (fam == "clip"):
-        raise bad("family", f"family {fam!r} does not go with library {lib!r} "
-                  "(clip: open_clip; siglip, siglip2: transformers)")
-    s = cfg.image_size
-    if lib == "open_clip" and cfg.arch == "resnet":
-        if not isinstance(v.layers, tuple):
-            raise bad("vision.layers", "arch resnet needs a list of 4 block counts, e.g. [1, 1, 1, 1]")
-        if s % 32:
-            raise bad("image_size", f"a ModifiedResNet needs a multiple of 32, got {s}")
-        if (v.width * 32) % v.heads:
-            raise bad("vision.heads", f"must divide the attention pool width 32*{v.width}")
-    else:
-        if lib == "transformers" and cfg.arch != "vit":
-            raise bad("arch", "transformers toys are ViTs (arch: vit)")
-        if not isinstance(v.layers, int):
-            raise bad("vision.layers", "arch vit needs an integer layer count")
-        if s % v.patch_size:
-            raise bad("vision.patch_size", f"{v.patch_size} does not divide image_size {s}")
-        if v.width % v.heads:
-            raise bad("vision.heads", f"{v.heads} does not divide vision.width {v.width}")
-    if v.pos_embed != "learnable" and (lib != "open_clip" or cfg.arch != "vit"):
-        raise bad("vision.pos_embed", f"{v.pos_embed!r} is an open_clip ViT option "
-                  f"(library open_clip, arch vit); this model is {lib} {cfg.arch}: "
-                  "use learnable")
-    if t.width % t.heads:
-        raise bad("text.heads", f"{t.heads} does not divide text.width {t.width}")
-    if lib == "transformers" and cfg.embed_dim != v.width:
-        raise bad("embed_dim", f"SigLIP's embedding is the vision width: set embed_dim = "
-                  f"vision.width = {v.width} (got {cfg.embed_dim})")
-    kind = cfg.image_objective.kind
-    if fam == "siglip2" and kind == "none":
-        raise bad("image_objective.kind", "family siglip2 needs an image objective (pixel or masked)")
-    if fam != "siglip2" and kind != "none":
-        raise bad("image_objective.kind", f"only family siglip2 trains an image objective, "
-                  f"this model is {fam!r}")
-    if cfg.train.partial_captions.fraction > 0:
-        if fam != "clip":
-            raise bad("train.partial_captions.fraction", f"partial captions are a clip-family "
-                      f"option (softmax contrastive loss); this model is {fam!r}: set 0")
-        if cfg.captions != "rich":
-            raise bad("train.partial_captions.fraction", "partial captions name factors the "
-                      f"{cfg.captions!r} captions leave out; only captions: rich may use them "
-                      "(set 0)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,24 +23,20 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..settings import ToyModelSettings, ToyTrain
-from ..text.zeroshot import class_embeddings
 from ..train import TrainLoop
-from . import world
 from .batching import BatchSampler, partial_caption_set
 from .models import IMAGE_OBJECTIVE_FILE, ToyModel, build_toy_model, toy_model_config
 from .objectives import caption_match
 
 log = logging.getLogger(__name__)
 
-#: factors scored by zero-shot classification after training (metadata ``zeroshot``)
-ZEROSHOT_FACTORS = ("colour", "shape", "position", "size", "background")
 #: ``fit(attention=...)`` choices
 ATTENTION_BACKENDS = ("math", "default")
 
@@ -144,7 +140,7 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluation
+# embeddings and saving
 
 
 @torch.no_grad()
@@ -156,32 +152,6 @@ def embed_images(toy: ToyModel, pixels: torch.Tensor, batch: int = 500, device="
     return F.normalize(torch.cat(out), dim=-1)
 
 
-@torch.no_grad()
-def text_classifier(toy: ToyModel, classnames: Sequence[str], templates: Sequence[str],
-                    device="cpu") -> torch.Tensor:
-    """The zero-shot classifier [C, D] of a toy model being trained
-    (:func:`cliplens.core.text.zeroshot.class_embeddings` on its own tokenizer)."""
-    toy.train(False)
-    return class_embeddings(lambda texts: toy.encode_text(toy.tokenize(texts).to(device)).cpu(),
-                            classnames, templates)
-
-
-def zeroshot_accuracies(
-    toy: ToyModel, split: Mapping[str, Any], factors: Sequence[str] = ZEROSHOT_FACTORS,
-    pixels: torch.Tensor | None = None, device="cpu",
-) -> dict[str, float]:
-    """Zero-shot top-1 accuracy per toy factor on ``split`` (``images`` uint8 and ``labels``),
-    with the toy world's class names and templates."""
-    if pixels is None:
-        pixels = toy.preprocess(split["images"])
-    img = embed_images(toy, pixels, device=device)
-    out = {}
-    for factor in factors:
-        w = text_classifier(toy, world.classnames(factor), world.ZEROSHOT_TEMPLATES[factor],
-                            device=device)
-        pred = (img @ w.T).argmax(1).numpy()
-        out[factor] = float(np.mean(pred == np.asarray(split["labels"][factor])))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,20 +169,19 @@ def train_toy(
     name: str,
     cfg: ToyModelSettings | Mapping[str, Any],
     train: Mapping[str, Any],
-    val: Mapping[str, Any] | None = None,
     progress: bool = True,
     device: str | torch.device | None = "cpu",
 ) -> tuple[ToyModel, dict[str, Any]]:
-    """Build, train and evaluate the toy model ``name``; return (model on the CPU, metadata).
+    """Build and train the toy model ``name``; return (model on the CPU, metadata).
 
-    ``cfg`` is the model's settings (``toy_models.NAME``); ``train`` / ``val`` are splits as
-    :func:`cliplens.core.data.toy.read_split` returns them (``images`` uint8 [N, H, W, 3],
-    ``labels``, ``captions_rich``, ``captions_poor``).  With ``val``, zero-shot accuracies per
-    factor go into the metadata: ``library, family, name, captions, config, image_size,
-    embed_dim, parameters, steps, final_loss, loss_history, prep_seconds, train_seconds,
-    train_cpu_seconds, threads, device[, zeroshot, image_objective]``.  ``train_seconds`` is the
-    optimisation loop; ``prep_seconds`` building the model, preprocessing the images and
-    tokenising the captions.
+    ``cfg`` is the model's settings (``toy_models.NAME``); ``train`` is a split as
+    :func:`cliplens.core.data.toy.read_split` returns it (``images`` uint8 [N, H, W, 3],
+    ``labels``, ``captions_rich``, ``captions_poor``).  Metadata: ``library, family, name,
+    captions, config, image_size, embed_dim, parameters, steps, final_loss, loss_history,
+    prep_seconds, train_seconds, train_cpu_seconds, threads, device[, image_objective]``.
+    ``train_seconds`` is the optimisation loop; ``prep_seconds`` building the model,
+    preprocessing the images and tokenising the captions.  Zero-shot scores of the trained
+    model: :func:`cliplens.core.text.zeroshot.toy_zeroshot`.
     """
     cfg = toy_model_config(name, cfg)
     dev = resolve_device(device)
@@ -249,27 +218,9 @@ def train_toy(
     }
     if toy.image_objective is not None:
         meta["image_objective"] = {"file": IMAGE_OBJECTIVE_FILE, **cfg.image_objective.to_dict()}
-    if val is not None:
-        meta["zeroshot"] = zeroshot_accuracies(toy, val, device=dev)
-        log.info("%s: zero-shot on val %s", name,
-                 ", ".join(f"{k} {v:.3f}" for k, v in meta["zeroshot"].items()))
     toy.to("cpu")
     return toy, meta
 
-
-def train_toy_model(
-    name: str,
-    cfg: ToyModelSettings | Mapping[str, Any],
-    train: Mapping[str, Any],
-    val: Mapping[str, Any] | None,
-    out_dir: str | os.PathLike,
-    progress: bool = True,
-    device: str | torch.device | None = "cpu",
-) -> dict[str, Any]:
-    """:func:`train_toy`, then :func:`save_toy_model` into ``out_dir``; returns the metadata."""
-    toy, meta = train_toy(name, cfg, train, val, progress=progress, device=device)
-    save_toy_model(toy, meta, out_dir)
-    return meta
 
 
 def save_toy_model(toy: ToyModel, meta: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:

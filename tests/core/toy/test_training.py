@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from cliplens.core.jobs import train_toy_model
 from cliplens.core.toy import world
 from cliplens.core.toy.batching import partial_caption_set
 from cliplens.core.toy.models import (
@@ -24,7 +25,6 @@ from cliplens.core.toy.training import (
     attention_backend,
     fit,
     train_toy,
-    train_toy_model,
 )
 from cliplens.core.train import lr_factor
 
@@ -149,7 +149,7 @@ def test_train_save_and_load_back_through_the_registry(kind, splits, tmp_path):
     lp = loaded.preprocess([Image.fromarray(im) for im in splits["val"]["images"][:6]])
     assert torch.allclose(lp, pixels, atol=1e-6), "loader preprocesses differently from training"
     # retrain deterministically in memory and compare with the loaded weights
-    toy, _ = train_toy(kind, TINY[kind], splits["train"], None, progress=False)
+    toy, _ = train_toy(kind, TINY[kind], splits["train"], progress=False)
     with torch.no_grad():
         a_img = toy.encode_image(pixels)
         a_txt = toy.encode_text(tokens)
@@ -160,8 +160,8 @@ def test_train_save_and_load_back_through_the_registry(kind, splits, tmp_path):
 
 
 def test_training_is_deterministic(splits):
-    a, _ = train_toy("siglip2", TINY["siglip2-masked"], splits["train"], None, progress=False)
-    b, _ = train_toy("siglip2", TINY["siglip2-masked"], splits["train"], None, progress=False)
+    a, _ = train_toy("siglip2", TINY["siglip2-masked"], splits["train"], progress=False)
+    b, _ = train_toy("siglip2", TINY["siglip2-masked"], splits["train"], progress=False)
     for (ka, va), (kb, vb) in zip(a.parameters(), b.parameters()):
         assert ka == kb and torch.equal(va, vb), ka
 
@@ -171,9 +171,9 @@ def test_training_is_deterministic(splits):
 
 def test_partial_captions_train_deterministically_and_change_the_model(splits):
     part = dict(TINY_TRAIN, partial_captions={"fraction": 0.5})
-    a, _ = train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], None, progress=False)
-    b, _ = train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], None, progress=False)
-    c, _ = train_toy("p", TINY["clip-vit"], splits["train"], None, progress=False)
+    a, _ = train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], progress=False)
+    b, _ = train_toy("p", dict(TINY["clip-vit"], train=part), splits["train"], progress=False)
+    c, _ = train_toy("p", TINY["clip-vit"], splits["train"], progress=False)
     for (ka, va), (_, vb), (_, vc) in zip(a.parameters(), b.parameters(), c.parameters()):
         assert torch.equal(va, vb), ka
     assert not all(torch.equal(va, vc) for (_, va), (_, vc) in zip(a.parameters(), c.parameters()))
@@ -206,8 +206,8 @@ def test_partial_captions_replace_the_chosen_pairs_captions(splits, where, monke
 
 def test_grouped_batching_trains_through_train_toy(splits):
     cfg = dict(TINY["clip-vit"], train=dict(TINY_TRAIN, batching={"kind": "grouped", "group_size": 4}))
-    a, _ = train_toy("g", cfg, splits["train"], None, progress=False)
-    b, _ = train_toy("g", cfg, splits["train"], None, progress=False)
+    a, _ = train_toy("g", cfg, splits["train"], progress=False)
+    b, _ = train_toy("g", cfg, splits["train"], progress=False)
     for (ka, va), (kb, vb) in zip(a.parameters(), b.parameters()):
         assert ka == kb and torch.equal(va, vb), ka
     with pytest.raises(ValueError, match="labels"):

@@ -1,0 +1,81 @@
+"""Typed settings: one frozen dataclass per slice of the config schema.
+
+The JSON schema (``cliplens/core/schema/*.schema.yaml``) is the one source of keys, defaults and
+documentation.  Each :class:`Section` subclass names the schema path it mirrors (``SCHEMA``) and
+declares one field per property of that path, with a type but **no default**:
+:meth:`Section.from_dict` fills the schema's defaults into a copy of the data, validates it (an
+unknown key, a wrong type or a value out of range raises :class:`~cliplens.core.config.ConfigError`
+naming the dotted key), converts nested sections and freezes lists into tuples, then runs the
+section's cross-key checks (:meth:`Section.check`).  ``tests/core/test_settings.py`` holds every
+section against its schema, so a key added to one and not the other fails there.
+
+The workflow builds :class:`Settings` once, when the Snakefile is parsed (:func:`load_settings`);
+rules hand each job its own slice as plain built-in values (:meth:`Section.to_dict`), and the job
+rebuilds the typed slice with ``XSettings.from_dict(params)``.  Library functions take these
+objects, never a raw dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from ..config import validate_config
+from .base import Section, fail, plain, schema_at
+from .heads import (FactorSettings, HeadsFit, HeadsSettings, NeighbourSettings,
+                    SegmentationSettings, SpuriousSettings, TextSpanSettings)
+from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
+                        ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
+from .shared import CacheSettings, ZeroshotSettings
+from .toy import (Batching, ColourOpsWorld, ImageObjective, PartialCaptions, ShiftWorld,
+                  SpuriousWorld, ToyConfigError, ToyModelSettings, ToySettings, ToySplits,
+                  ToyText, ToyTrain, ToyVision)
+
+__all__ = [
+    "Batching", "CacheSettings", "ColourOpsWorld", "FactorSettings", "HeadsFit", "HeadsSettings",
+    "ImageObjective", "InversionFigure", "InversionSettings", "NeighbourSettings",
+    "OperatorSettings", "PartialCaptions", "ReconstructorSettings", "ReconstructorTrain",
+    "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
+    "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",
+    "ToyModelSettings", "ToySettings", "ToySplits", "ToyText", "ToyTrain", "ToyVision",
+    "ZeroshotSettings", "load_settings", "plain", "schema_at", "settings_from_file",
+]
+
+
+
+@dataclass(frozen=True)
+class Settings(Section):
+    """The whole workflow config (config.schema.yaml and one section per top-level key)."""
+
+    SCHEMA: ClassVar[str] = ""
+    results: str
+    resources: str
+    device: str
+    hf_home: str | None
+    toy: ToySettings
+    toy_models: Mapping[str, ToyModelSettings]
+    zeroshot: ZeroshotSettings
+    cache: CacheSettings
+    inversion: InversionSettings
+    heads: HeadsSettings
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if len(set(self.toy.spurious.classes)) != len(self.toy.spurious.classes):
+            fail("toy.spurious.classes", f"{list(self.toy.spurious.classes)} names one shape "
+                  "twice; give two different shapes")
+
+
+def load_settings(config: dict) -> Settings:
+    """Validate ``config`` (filling its defaults in place, as Snakemake's config dict needs them)
+    and return the typed :class:`Settings`.  Raises ConfigError naming every bad key."""
+    validate_config(config)
+    return Settings.from_dict(config)
+
+
+def settings_from_file(path, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """:class:`Settings` of a YAML config file (``overrides`` merged in first), e.g. in a
+    notebook: ``settings_from_file("config.yaml").toy_models["clip-vit"]``."""
+    from .config import load_config
+
+    return load_settings(load_config(path, overrides))
