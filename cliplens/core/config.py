@@ -23,15 +23,20 @@ class ConfigError(ValueError):
     """The config does not satisfy the schema; the message names the key path."""
 
 
+def _yaml(text: str):
+    """YAML's safe loader, in C where PyYAML has it (the schema is read while planning)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     """The full config schema (a dict), top level plus one fragment per section."""
-    top = yaml.safe_load((SCHEMA_DIR / "config.schema.yaml").read_text())
+    top = _yaml((SCHEMA_DIR / "config.schema.yaml").read_text())
     for frag in sorted(SCHEMA_DIR.glob("*.schema.yaml")):
         key = frag.name[: -len(".schema.yaml")]
         if key == "config":
             continue
-        top.setdefault("properties", {})[key] = yaml.safe_load(frag.read_text())
+        top.setdefault("properties", {})[key] = _yaml(frag.read_text())
     return top
 
 

@@ -9,6 +9,7 @@ how a dataset is laid out) and file digests.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -62,13 +63,27 @@ def load_catalog() -> dict:
     """The parsed catalog: ``{"datasets": {name: entry}}`` (a fresh copy each call).
 
     The packaged ``catalog.yaml``, then each file listed in ``$CLIPLENS_CATALOG``, whose
-    datasets replace packaged entries of the same name.
+    datasets replace packaged entries of the same name.  Parsed once per process for each set
+    of files (and their modification times): planning a workflow asks for it per job.
     """
-    cat = yaml.safe_load(_catalog_text())
+    return copy.deepcopy(_catalog())
+
+
+def _catalog() -> dict:
+    """The parsed catalog, shared: read it, never change it."""
+    extras = tuple(filter(None, os.environ.get(CATALOG_ENV, "").split(os.pathsep)))
+    return _parsed_catalog(_catalog_text(), tuple(
+        (p, Path(p).stat().st_mtime_ns if Path(p).exists() else None) for p in extras))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_catalog(text: str, extras: tuple) -> dict:
+    load = functools.partial(yaml.load, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    cat = load(text)
     if not isinstance(cat, dict) or not isinstance(cat.get("datasets"), dict):
         raise ValueError("cliplens/core/data/catalog.yaml must have a top-level 'datasets' mapping")
-    for extra in filter(None, os.environ.get(CATALOG_ENV, "").split(os.pathsep)):
-        more = yaml.safe_load(Path(extra).read_text())
+    for extra, _ in extras:
+        more = load(Path(extra).read_text())
         if not isinstance(more, dict) or not isinstance(more.get("datasets"), dict):
             raise ValueError(f"{extra} (from ${CATALOG_ENV}) needs a top-level 'datasets' mapping")
         cat["datasets"].update(more["datasets"])
@@ -85,11 +100,11 @@ def load_catalog() -> dict:
 
 
 def dataset_entry(name: str) -> dict:
-    """The catalog entry of dataset ``name``."""
-    ds = load_catalog()["datasets"]
+    """The catalog entry of dataset ``name`` (a copy)."""
+    ds = _catalog()["datasets"]
     if name not in ds:
         raise KeyError(f"dataset {name!r} is not in the catalog; known: {sorted(ds)}")
-    return ds[name]
+    return copy.deepcopy(ds[name])
 
 
 def catalog_files() -> dict[str, dict]:

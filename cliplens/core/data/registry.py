@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from ..toy import world
 from .archives import check_manual
 from .base import ImageDataset
-from .catalog import READY, dataset_entry, load_catalog
+from .catalog import READY, _catalog, dataset_entry, load_catalog
 from .readers import LOADERS
 
 TOY_DATASETS: tuple[str, ...] = tuple(world.TOY_DATASETS)
@@ -91,11 +91,11 @@ def dataset_targets(name: str, split: str | None = None, *, results: str,
     Toy datasets: ``{results}/data/toy/{name}.h5``.  Real datasets:
     ``{resources}/datasets/{name}/.ready``, or, when the catalog entry lists ``split_files``
     (COCO), only the extraction markers ``{resources}/datasets/{name}/.extracted/{file}`` of
-    ``split``'s files.  (``rules/data.smk``'s ``dataset_inputs`` is this with R and RES.)
+    ``split``'s files.  (``rules/common.smk``'s ``dataset_inputs`` is this with R and RES.)
     """
     if name in TOY_DATASETS:
         return [f"{results}/data/toy/{name}.h5"]
-    datasets = load_catalog()["datasets"]
+    datasets = _catalog()["datasets"]
     if name not in datasets:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted([*TOY_DATASETS, *datasets])}")
     split_files = datasets[name].get("split_files", {})
