@@ -76,6 +76,6 @@ def load_settings(config: dict) -> Settings:
 def settings_from_file(path, overrides: Mapping[str, Any] | None = None) -> Settings:
     """:class:`Settings` of a YAML config file (``overrides`` merged in first), e.g. in a
     notebook: ``settings_from_file("config.yaml").toy_models["clip-vit"]``."""
-    from .config import load_config
+    from ..config import load_config
 
     return load_settings(load_config(path, overrides))

@@ -23,8 +23,8 @@ def _normed(x: np.ndarray, dtype=np.float64) -> np.ndarray:
 
 def pair_stats(source, target, rows: int | None = None, chunk: int = 32,
                normalize: bool = True) -> ops.PairStats:
-    """:class:`~cliplens.operators.PairStats` of token pairs from two aligned token caches
-    (:class:`~cliplens.tokens.TokenCache`): every token of image i in ``source`` paired with the
+    """:class:`~.operators.PairStats` of token pairs from two aligned token caches
+    (:class:`~cliplens.core.caches.tokens.TokenCache`): every token of image i in ``source`` paired with the
     token at the same grid position of image i in ``target`` (L2-normalised if ``normalize``, as
     the reconstructor consumes them), over the first ``rows`` images."""
     n = min(len(source), len(target)) if rows is None else min(rows, len(source), len(target))
@@ -54,7 +54,7 @@ def fit_colour_operators(train: Mapping[str, Any], tasks: Mapping[str, Sequence[
                          ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Fit each task's operators on training token pairs.  ``train``: view key -> TokenCache;
     ``tasks``: task name (:data:`OPERATOR_TASKS`) -> operator kinds
-    (:data:`cliplens.operators.OPERATOR_KINDS`).  Returns task -> kind -> (W, b)."""
+    (:data:`.naming.OPERATOR_KINDS`).  Returns task -> kind -> (W, b)."""
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for task, kinds in tasks.items():
         src, tgt, _ = OPERATOR_TASKS[task]
@@ -78,14 +78,14 @@ def evaluate_colour_operators(
     (the extractor's view of the test images).  For each task (source view s, target view t) and
     operator (W, b), with f_s, f_t the L2-normalised tokens:
 
-    * ``r2``: R^2 of f_s W + b against f_t (:class:`cliplens.operators.R2`), and ``r2_identity``
+    * ``r2``: R^2 of f_s W + b against f_t (:class:`.operators.R2`), and ``r2_identity``
       of f_s itself (no operator) for reference;
     * ``mse_vs_transformed`` / ``mse_vs_original``: pixel MSE (images in [0, 1]) of the
       reconstruction from f_s W + b against the truly transformed image t and the untransformed
       image s; for reference the rows ``kind = none`` (reconstruction from f_s) and
       ``kind = true`` (reconstruction from f_t, the best an operator can do through this
       reconstructor);
-    * for every fitted W: its eigenvalues (``spectrum``) and :func:`~cliplens.operators.
+    * for every fitted W: its eigenvalues (``spectrum``) and :func:`~.operators.
       spectrum_summary` / ``involution_error`` in the row.
 
     Returns (rows, arrays): arrays hold ``{task}/{kind}/W``, ``.../b``, ``.../eig`` and the first
