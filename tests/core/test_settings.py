@@ -139,3 +139,8 @@ def test_batching_alternatives():
     two = st.Batching.from_dict({"kind": "grouped", "share": [["colour"], ["shape"]]})
     assert two.alternatives == [["colour"], ["shape"]]
     assert st.Batching.from_dict({"kind": "grouped", "share": []}).alternatives == [[]]
+
+
+def test_settings_from_file_with_overrides():
+    s = st.settings_from_file(ROOT / "config.yaml", {"toy": {"seed": 3}})
+    assert s.toy.seed == 3 and s == st.load_settings(deep_merge(config(), {"toy": {"seed": 3}}))
