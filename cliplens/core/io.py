@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -31,6 +32,26 @@ class IncompleteFileError(ValueError):
     """An HDF5 file lacks the completion mark: a job died while writing it."""
 
 
+class CorruptFileError(ValueError):
+    """A file's bytes are not what was written: a checksum fails, the file is truncated, or its
+    values break what the writer recorded (non-finite, outside the recorded bounds)."""
+
+
+def rebuild_hint(path: str | os.PathLike, *also: str | os.PathLike) -> str:
+    """How a user rebuilds a workflow output: delete it (and ``also``: e.g. the gathered cache
+    that maps rows to a damaged shard, which Snakemake would otherwise take as up to date) and
+    rerun the same command; Snakemake rebuilds what is missing and, its inputs being newer,
+    whatever was made from it."""
+    paths = " ".join(shlex.quote(str(p)) for p in (path, *also))
+    return f"delete it and rerun your snakemake command to rebuild it: rm -r {paths}"
+
+
+def corrupt(path: str | os.PathLike, what: str, hint: str | None = None) -> CorruptFileError:
+    """A :class:`CorruptFileError` naming ``path``, ``what`` is wrong and the way out."""
+    return CorruptFileError(f"{path} is damaged: {what}.\n  Nothing was used from it; "
+                            f"{hint or rebuild_hint(path)}")
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -42,9 +63,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a new file (0o666) or directory (0o777) gets under the process umask: what
+    ``open`` and ``mkdir`` give, and what ``tempfile``'s private 0600 / 0700 must be set back to,
+    so that a group can read the results on a shared cluster (umask 022: 0644, 0755)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def private_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``parent``, then given the umask's directory mode (it is renamed
+    into place as an output)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    os.chmod(tmp, umask_mode(directory=True))
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
+    """Yield a temporary path beside ``path``; on success fsync it, give it the umask's file mode
+    and rename it onto ``path``.
 
     On an exception the temporary file is removed and ``path`` is left untouched.  The temporary
     name keeps the destination's suffix (``.h5``, ``.csv``, ...) so libraries that dispatch on the
@@ -61,12 +100,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path.exists():
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (benchmarks/README.md gives its speed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -118,6 +169,106 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# HDF5: checksummed datasets, guarded reads
+
+#: ``create_dataset`` keywords adding HDF5's Fletcher-32 filter: a 32-bit checksum per chunk,
+#: stored with the chunk and verified by HDF5 whenever the chunk is read, so a flipped byte
+#: fails the read instead of returning a wrong number.
+CHECKSUM = {"fletcher32": True}
+
+
+def create_checked(h5: h5py.Group, name: str, data=None, *, shape=None, dtype=None,
+                   chunks=None, **kw) -> h5py.Dataset:
+    """``h5.create_dataset`` with the Fletcher-32 checksum filter (:data:`CHECKSUM`).
+
+    The filter needs chunked storage: ``chunks`` as given, else h5py's guess.  An empty dataset
+    (some dimension 0) holds no chunk to check and is stored contiguous.  Text must be
+    fixed-length bytes (:func:`text_array`): a variable-length string's bytes live in a heap
+    outside the chunks, where no checksum covers them.
+    """
+    if data is not None:
+        data = np.asarray(data)
+        shape = data.shape if shape is None else shape
+    if shape is not None and 0 in tuple(shape):
+        return h5.create_dataset(name, shape=shape, dtype=dtype if data is None else data.dtype,
+                                 **{k: v for k, v in kw.items() if k == "fillvalue"})
+    return h5.create_dataset(name, data=data, shape=shape, dtype=dtype, chunks=chunks or True,
+                             **CHECKSUM, **kw)
+
+
+def text_array(strings) -> np.ndarray:
+    """Strings as a fixed-length UTF-8 byte array ``S{L}`` (L = longest encoding, at least 1),
+    which HDF5 stores inside checksummed chunks; :func:`read_text` turns it back."""
+    encoded = [s.encode("utf-8") for s in strings]
+    return np.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}")
+
+
+def read_text(values) -> list[str]:
+    """Decode what :func:`text_array` stored (or a variable-length string array)."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def open_h5(path: str | os.PathLike, hint: str | None = None) -> h5py.File:
+    """``h5py.File(path, "r")``; a file HDF5 cannot open (truncated, overwritten, not HDF5)
+    raises :class:`CorruptFileError` naming it (a missing file: FileNotFoundError)."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise corrupt(path, f"HDF5 cannot open it ({err})", hint) from err
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, name: str, hint: str | None = None) -> Iterator[None]:
+    """Turn an HDF5 read error inside the block (a failed checksum, a truncated chunk) into a
+    :class:`CorruptFileError` naming ``path`` and dataset ``name``."""
+    try:
+        yield
+    except OSError as err:
+        raise corrupt(path, f"reading /{name} failed ({err}): a checksum or the file's "
+                            "structure does not hold", hint) from err
+
+
+def value_bounds(arrays: Mapping[str, np.ndarray], into: dict | None = None) -> dict:
+    """``{name: [min, max]}`` of the float arrays of ``arrays``, merged into ``into`` (running
+    bounds over batches).  Raises ValueError for a non-finite value: a cache never stores one."""
+    out = {} if into is None else into
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+            continue
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            bad = int(np.sum(~np.isfinite(arr)))
+            raise ValueError(f"{name}: {bad} non-finite values computed (NaN or beyond "
+                             f"{arr.dtype}'s range); for float16 overflow use dtype float32")
+        old = out.get(name)
+        out[name] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+    return out
+
+
+def check_values(path: str | os.PathLike, name: str, arr: np.ndarray,
+                 bounds: Mapping[str, Any] | None, hint: str | None = None) -> np.ndarray:
+    """Return ``arr`` (rows of float array ``name`` read from ``path``) after checking it is
+    finite and inside ``bounds[name]`` = [min, max] recorded when the file was written;
+    :class:`CorruptFileError` otherwise."""
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return arr
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise corrupt(path, f"/{name} holds {int((~finite).sum())} NaN or infinite values, "
+                            "which its writer never stores", hint)
+    if bounds and name in bounds:
+        lo, hi = bounds[name]
+        amin, amax = float(arr.min()), float(arr.max())
+        if amin < lo or amax > hi:
+            raise corrupt(path, f"/{name} holds values in [{amin:.4g}, {amax:.4g}], outside the "
+                                f"[{lo:.4g}, {hi:.4g}] recorded when it was written", hint)
+    return arr
+
+
 def set_provenance(h5: h5py.File | h5py.Group, provenance: Mapping[str, Any]) -> None:
     """Store ``provenance`` (a JSON-serialisable mapping) as an attribute of ``h5``."""
     h5.attrs[PROVENANCE_ATTR] = json.dumps(dict(provenance), sort_keys=True, default=_json_default)
@@ -149,7 +300,7 @@ def check_provenance(
     Returns the stored provenance.
     """
     path = Path(path)
-    with h5py.File(path, "r") as h5:
+    with open_h5(path) as h5:
         if require_complete and not bool(h5.attrs.get(COMPLETE_ATTR, False)):
             raise IncompleteFileError(
                 f"{path} is incomplete (no '{COMPLETE_ATTR}' mark): a job died while writing it; "

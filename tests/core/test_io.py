@@ -42,3 +42,34 @@ def test_provenance_mismatch_names_every_key(tmp_path):
     with pytest.raises(ProvenanceError) as err:
         check_provenance(path, {"model": "open_clip:ViT-B-16", "dtype": "float32"})
     assert "model" in str(err.value) and "dtype" in str(err.value)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restoring it after."""
+    import os
+
+    saved = []
+
+    def set_(mask):
+        saved.append(os.umask(mask))
+
+    yield set_
+    if saved:
+        os.umask(saved[0])
+
+
+@pytest.mark.parametrize("mask,file_mode,dir_mode", [(0o022, 0o644, 0o755),
+                                                     (0o027, 0o640, 0o750),
+                                                     (0o002, 0o664, 0o775)])
+def test_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    import stat
+
+    from cliplens.core.io import private_dir, write_json_atomic
+
+    umask(mask)
+    write_json_atomic(tmp_path / "a" / "out.json", {"x": 1})
+    d = private_dir(tmp_path, prefix=".model.")
+    assert stat.S_IMODE((tmp_path / "a" / "out.json").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == dir_mode
+    assert stat.S_IMODE(d.stat().st_mode) == dir_mode

@@ -8,7 +8,12 @@ Layout of a cache file (a shard or a gathered cache)::
     /labels       int64 [n]                 (only when the dataset has labels)
     /index        int64 [n]                 row ids in the source dataset
     attrs: provenance (model.provenance() | dataset.describe() | kind, dtype, start, stop,
-           rows, library versions, and what the kind adds), completion mark (set last)
+           rows, library versions, bounds = {name: [min, max]} of every float array, and what
+           the kind adds), completion mark (set last)
+
+Every dataset carries HDF5's Fletcher-32 checksum (:func:`~cliplens.core.io.create_checked`):
+a flipped byte fails the read.  Reads through :class:`RowCache` also refuse NaN, infinities and
+values outside the recorded bounds (an edit that rewrote a value with a valid checksum).
 
 Extraction is sharded: shard ``i`` of ``n`` covers the contiguous rows :func:`shard_bounds`
 gives, and :func:`gather_shards` joins the shards into one file whose datasets are HDF5
@@ -42,20 +47,27 @@ from tqdm.auto import tqdm
 from ..data.base import ImageDataset
 from ..io import (
     COMPLETE_ATTR,
+    CorruptFileError,
     IncompleteFileError,
     ProvenanceError,
     atomic_path,
     check_provenance,
+    check_values,
+    create_checked,
     get_provenance,
     library_versions,
     mark_complete,
+    open_h5,
+    reading,
+    rebuild_hint,
     set_provenance,
+    value_bounds,
 )
 from ..models.base import ClipModel
 
 DTYPES = ("float16", "float32")
 #: provenance keys that legitimately differ between the shards of one cache.
-ROW_KEYS = ("start", "stop", "rows")
+ROW_KEYS = ("start", "stop", "rows", "bounds")
 #: target size of one HDF5 chunk of a row array (rows x row size x itemsize), in bytes.
 CHUNK_BYTES = 1 << 20
 
@@ -134,13 +146,11 @@ def _chunk_rows(n: int, dim: int, itemsize: int) -> int:
 
 
 def create_rows(h5: h5py.File, name: str, shape: tuple, dtype, fill=None) -> h5py.Dataset:
-    """A dataset chunked along rows (contiguous when empty, since HDF5 chunks must be > 0)."""
-    if shape[0] == 0:
-        return h5.create_dataset(name, shape=shape, dtype=dtype)
+    """A checksummed dataset chunked along rows (contiguous when empty: nothing to check)."""
     row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
     rows = _chunk_rows(shape[0], row, np.dtype(dtype).itemsize)
-    return h5.create_dataset(name, shape=shape, dtype=dtype, chunks=(rows,) + tuple(shape[1:]),
-                             fillvalue=fill)
+    return create_checked(h5, name, shape=shape, dtype=dtype,
+                          chunks=(rows,) + tuple(shape[1:]), fillvalue=fill)
 
 #: what a row job computes for one batch: pixels [B, 3, S, S] -> {array name: [B, ...]}
 RowFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
@@ -176,8 +186,10 @@ def extract_rows(
     image to learn the row shapes.
 
     Provenance: the model's, the dataset's, ``kind``, ``provenance``, the row range, ``dtype``,
-    library versions and ``describe(first batch's arrays)``.  Written under a temporary name and
-    renamed into place; the completion mark is set last.  Returns the provenance.
+    library versions, ``describe(first batch's arrays)`` and ``bounds`` (each float array's
+    [min, max] as stored; a non-finite value computed raises ValueError).  Written under a
+    temporary name and renamed into place; the completion mark is set last.  Returns the
+    provenance.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -204,10 +216,11 @@ def extract_rows(
         return arrays
 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("index", data=np.arange(start, stop, dtype=np.int64))
+        create_checked(h5, "index", np.arange(start, stop, dtype=np.int64))
         if labels is not None:
-            h5.create_dataset("labels", data=labels[start:stop].astype(np.int64))
+            create_checked(h5, "labels", labels[start:stop].astype(np.int64))
         store: dict[str, h5py.Dataset] = {}
+        bounds: dict[str, list[float]] = {}
         bar = tqdm(total=n, unit="img", desc=desc or f"{kind} {prov.get('model', '?')}",
                    disable=not progress, mininterval=2.0)
         with torch.inference_mode():
@@ -220,6 +233,11 @@ def extract_rows(
             for (a, b), pixels in prefetched_batches(dataset, model, batch_bounds(start, stop,
                                                                                    batch_size)):
                 arrays = host(compute(pixels.to(device)), b - a)
+                try:
+                    value_bounds(arrays, into=bounds)
+                except ValueError as err:
+                    raise ValueError(f"{prov.get('model')} on rows [{a}, {b}) of "
+                                     f"{prov.get('dataset')}: {err}") from None
                 if not store:
                     for name, v in arrays.items():
                         store[name] = create_rows(h5, name, (n,) + v.shape[1:], dtype,
@@ -229,6 +247,7 @@ def extract_rows(
                     store[name][a - start:b - start] = v
                 bar.update(b - a)
         bar.close()
+        prov["bounds"] = bounds
         set_provenance(h5, prov)
         mark_complete(h5)
     return prov
@@ -236,7 +255,7 @@ def extract_rows(
 
 def _shard_info(path: Path) -> dict[str, Any]:
     prov = check_provenance(path, {})  # refuses incomplete shards
-    with h5py.File(path, "r") as h5:
+    with open_h5(path) as h5:
         if "index" not in h5:
             raise ShardError(f"{path} is not a row cache (no /index)")
         rows = h5["index"].shape[0]
@@ -316,8 +335,13 @@ def gather_shards(
         for name, (layout, _) in layouts.items():
             layout[a:b] = h5py.VirtualSource(r, name, shape=(b - a,) + ref["arrays"][name][0])
 
+    bounds: dict[str, list[float]] = {}
+    for s in infos:
+        for name, (lo, hi) in s["prov"].get("bounds", {}).items():
+            old = bounds.get(name, [lo, hi])
+            bounds[name] = [min(old[0], lo), max(old[1], hi)]
     provenance = {**common(ref["prov"]), "start": int(start), "stop": int(stop), "rows": int(n),
-                  "shards": rel}
+                  "shards": rel, "bounds": bounds}
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
         set_provenance(h5, provenance)
         for name, (layout, fill) in layouts.items():
@@ -345,7 +369,7 @@ def check_sources(path: Path, h5: h5py.File) -> None:
                     "beside the gathered cache (move the whole folder), or delete the cache "
                     "and rerun"
                 )
-            with h5py.File(full, "r") as src_h5:
+            with open_h5(full, rebuild_hint(full, path)) as src_h5:
                 if not bool(src_h5.attrs.get(COMPLETE_ATTR, False)):
                     raise IncompleteFileError(f"shard {full} of {path} is incomplete; "
                                               "delete it and rerun")
@@ -369,7 +393,8 @@ class RowCache:
         if kind is not None and self.provenance.get("kind", "embeddings") != kind:
             raise ProvenanceError(f"{self.path} holds {self.provenance.get('kind')!r}, not "
                                   f"{kind}")
-        self._h5 = h5py.File(self.path, "r")
+        self._h5 = open_h5(self.path)
+        self._bounds = self.provenance.get("bounds")
         try:
             check_sources(self.path, self._h5)
         except BaseException:
@@ -389,23 +414,49 @@ class RowCache:
             raise KeyError(f"{self.path} has no array {name!r} (it has {self.names})")
         return self._h5[name]
 
+    def _get(self, name: str, read: Callable[[h5py.Dataset], np.ndarray]) -> np.ndarray:
+        """``read(dataset)``, with a failed checksum or truncated chunk reported as
+        :class:`~cliplens.core.io.CorruptFileError` naming the damaged file (for a gathered
+        cache: the shard), and the values checked to be finite and inside the recorded bounds."""
+        ds = self.array(name)
+        try:
+            with reading(self.path, name):
+                arr = read(ds)
+            return check_values(self.path, name, arr, self._bounds)
+        except CorruptFileError:
+            if ds.is_virtual:
+                self._find_damaged_shard(name)
+            raise
+
+    def _find_damaged_shard(self, name: str) -> None:
+        """Read and check ``name`` in each source file of the virtual dataset (against that
+        shard's own recorded bounds); raise for the first that fails, so the error names the
+        shard to delete rather than the gathered file."""
+        for src in self._h5[name].virtual_sources():
+            full = Path(src.file_name)
+            full = full if full.is_absolute() else self.path.parent / full
+            hint = rebuild_hint(full, self.path)  # the gathered file too: it maps to the shard
+            with open_h5(full, hint) as h5:
+                with reading(full, src.dset_name, hint):
+                    arr = h5[src.dset_name][()]
+                check_values(full, src.dset_name, arr, get_provenance(h5).get("bounds"), hint)
+
     def load(self, name: str) -> np.ndarray:
         """All rows of ``name`` in the stored dtype."""
-        return self.array(name)[()]
+        return self._get(name, lambda ds: ds[()])
 
     def read(self, name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows ``rows`` of ``name`` (any order, duplicates allowed), stored dtype."""
-        ds = self.array(name)
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-            return ds[int(rows[0]):int(rows[0]) + len(rows)]  # contiguous: one slice read
+            # contiguous: one slice read
+            return self._get(name, lambda ds: ds[int(rows[0]):int(rows[0]) + len(rows)])
         uniq, inv = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
-        return ds[uniq][inv]
+        return self._get(name, lambda ds: ds[uniq])[inv]
 
     def layers(self, name: str, positions: Sequence[int]) -> np.ndarray:
         """``name[:, positions]`` (axis 1, e.g. kept layers), read one position at a time."""
-        ds = self.array(name)
-        return np.stack([ds[:, int(i)] for i in positions], axis=1)
+        return self._get(name, lambda ds: np.stack([ds[:, int(i)] for i in positions], axis=1))
 
     def check_index(self) -> np.ndarray:
         """The row index, verified to be ``start .. stop-1`` (IncompleteFileError if not)."""
@@ -430,5 +481,5 @@ class RowCache:
 
 def cache_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """The provenance of a cache file without reading its arrays (no completeness check)."""
-    with h5py.File(path, "r") as h5:
+    with open_h5(path) as h5:
         return get_provenance(h5)

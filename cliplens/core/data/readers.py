@@ -185,24 +185,37 @@ class ImageNetSegmentation(ImageDataset):
     bool array [H, W] (foreground = True).  No class labels.
     """
 
+    #: what a damaged file's error advises (the file is downloaded, not built)
+    HINT = "delete it and its dataset's .ready marker, then rerun to download it again"
+
     def __init__(self, path: str | os.PathLike, split: str = "test", name: str = "imagenet-seg"):
-        import h5py
+        from ..io import open_h5
 
         self.path, self.name, self.split = str(path), name, split
-        self._h5 = h5py.File(self.path, "r")
+        self._h5 = open_h5(self.path, self.HINT)
         self._n = int(self._h5["/value/img"].shape[0])
         self.labels, self.classnames = None, None
 
     def __len__(self) -> int:
         return self._n
 
+    def _read(self, what: str, i: int, read) -> np.ndarray:
+        from ..io import reading
+
+        with reading(self.path, f"value/{what}[{i}]", self.HINT):
+            return read()
+
     def image(self, i: int) -> Image.Image:
-        arr = np.asarray(self._h5[self._h5["/value/img"][i, 0]]).transpose(2, 1, 0)
+        arr = self._read("img", i, lambda: np.asarray(self._h5[self._h5["/value/img"][i, 0]]))
+        arr = arr.transpose(2, 1, 0)
         return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8))).convert("RGB")
 
     def mask(self, i: int) -> np.ndarray:
-        cell = self._h5[self._h5["/value/gt"][i, 0]]
-        return np.asarray(self._h5[cell[0, 0]]).T > 0
+        def read():
+            cell = self._h5[self._h5["/value/gt"][i, 0]]
+            return np.asarray(self._h5[cell[0, 0]])
+
+        return self._read("gt", i, read).T > 0
 
 
 def _split_indices(n: int, split: str, every: int = 5) -> np.ndarray | None:
@@ -223,11 +236,10 @@ def _tv(name: str, root: Path, split: str) -> ImageDataset:
     import torchvision.datasets as tvd
 
     r = str(root)
+    _need(split, SPLITS[name], name)
     if name == "cifar10":
-        _need(split, ("train", "test"), name)
         tv = tvd.CIFAR10(r, train=split == "train", download=False)
     elif name == "cifar100":
-        _need(split, ("train", "test"), name)
         tv = tvd.CIFAR100(r, train=split == "train", download=False)
     elif name == "food101":
         tv = tvd.Food101(r, split=split, download=False)
@@ -248,7 +260,6 @@ def _tv(name: str, root: Path, split: str) -> ImageDataset:
         return TorchvisionDataset(name, split, tv, _classnames(name, tv.categories),
                                   _split_indices(len(tv.y), split), r)
     elif name == "imagenet":
-        _need(split, ("val",), name)
         tv = tvd.ImageNet(r, split="val")
         names = list(open_clip_metadata().IMAGENET_CLASSNAMES)
         return TorchvisionDataset(name, split, tv, names, None, r)
@@ -261,6 +272,17 @@ def _need(split: str, allowed: Sequence[str], name: str) -> None:
     if split not in allowed:
         raise ValueError(f"{name} has splits {list(allowed)}, not {split!r}")
 
+
+#: dataset name -> the splits its loader accepts (checked when the workflow plans)
+SPLITS: dict[str, tuple[str, ...]] = {
+    "cifar10": ("train", "test"), "cifar100": ("train", "test"),
+    "food101": ("train", "test"), "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
+    "pets": ("trainval", "test"), "dtd": ("train", "val", "test"),
+    "stanford-cars": ("train", "test"), "eurosat": ("train", "test", "all"),
+    "caltech101": ("train", "test", "all"), "imagenet": ("val",),
+    "coco2017": ("train", "val"), "waterbirds": tuple(Waterbirds.SPLITS),
+    "imagenet-seg": ("test",),
+}
 
 #: dataset name -> loader(root folder, split) -> ImageDataset
 LOADERS: dict[str, Callable[[Path, str], ImageDataset]] = {

@@ -5,10 +5,13 @@ Layout of ``{dataset}.h5`` (one file per toy dataset, all splits inside)::
     /{split}/images          uint8 [N, S, S, 3], chunked by image, gzip
     /{split}/masks           bool  [N, S, S]   (object pixels)
     /{split}/labels/{key}    int16 [N]         (shape, colour, position, size, background, ...)
-    /{split}/captions_rich   str   [N]
-    /{split}/captions_poor   str   [N]
+    /{split}/captions_rich   bytes [N]         (UTF-8, fixed length)
+    /{split}/captions_poor   bytes [N]
     /{split}/images_*        uint8 [N, S, S, 3] (toy-colour-ops: rb_swap, b_suppressed, gray)
     attrs: factors (JSON: factor -> value names), provenance, completion mark
+
+Every dataset carries HDF5's Fletcher-32 checksum, so a damaged byte fails the read with a
+:class:`~cliplens.core.io.CorruptFileError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ import numpy as np
 from PIL import Image
 
 from ..toy import world
-from ..io import atomic_path, check_provenance, mark_complete, set_provenance
+from ..io import (atomic_path, check_provenance, create_checked, mark_complete, open_h5, read_text,
+                  reading, set_provenance, text_array)
 from .base import ImageDataset, to_pil
-
-_STR = h5py.string_dtype("utf-8")
 
 
 def write_toy_dataset(
@@ -40,34 +42,33 @@ def write_toy_dataset(
             g = h5.create_group(name)
             n, s = len(part), part.images.shape[1]
             chunk = (min(n, 256), s, s, 3)
-            g.create_dataset("images", data=part.images, chunks=chunk, compression="gzip",
-                             compression_opts=1)
+            create_checked(g, "images", part.images, chunks=chunk, compression="gzip",
+                           compression_opts=1)
             for key, arr in part.extra_images.items():
-                g.create_dataset(key, data=arr, chunks=chunk, compression="gzip",
-                                 compression_opts=1)
-            g.create_dataset("masks", data=part.masks, chunks=chunk[:3], compression="gzip",
-                             compression_opts=1)
+                create_checked(g, key, arr, chunks=chunk, compression="gzip", compression_opts=1)
+            create_checked(g, "masks", part.masks, chunks=chunk[:3], compression="gzip",
+                           compression_opts=1)
             lg = g.create_group("labels")
             for key, arr in part.labels.items():
-                lg.create_dataset(key, data=np.asarray(arr, np.int16))
-            g.create_dataset("captions_rich", data=np.array(part.captions_rich, dtype=object),
-                             dtype=_STR)
-            g.create_dataset("captions_poor", data=np.array(part.captions_poor, dtype=object),
-                             dtype=_STR)
+                create_checked(lg, key, np.asarray(arr, np.int16))
+            for key in ("captions_rich", "captions_poor"):
+                create_checked(g, key, text_array(getattr(part, key)), compression="gzip",
+                               compression_opts=1)
         mark_complete(h5)
 
 
 def read_split(path: str | os.PathLike, split: str, keys=("images", "masks")) -> dict:
     """Load whole arrays of one split into memory: ``keys`` plus ``labels`` (dict) and captions."""
     check_provenance(path, {})
-    with h5py.File(path, "r") as h5:
+    with open_h5(path) as h5:
         if split not in h5:
             raise KeyError(f"{path} has no split {split!r}; it has {sorted(h5.keys())}")
         g = h5[split]
-        out = {k: g[k][()] for k in keys}
-        out["labels"] = {k: g["labels"][k][()] for k in g["labels"]}
-        for c in ("captions_rich", "captions_poor"):
-            out[c] = [x.decode() if isinstance(x, bytes) else x for x in g[c][()]]
+        with reading(path, split):
+            out = {k: g[k][()] for k in keys}
+            out["labels"] = {k: g["labels"][k][()] for k in g["labels"]}
+            for c in ("captions_rich", "captions_poor"):
+                out[c] = read_text(g[c][()])
     return out
 
 
@@ -90,14 +91,15 @@ class ToyDataset(ImageDataset):
     ):
         check_provenance(path, {})
         self.path, self.name, self.split, self.image_key = str(path), name, split, image_key
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             if split not in h5:
                 raise KeyError(f"{path} has no split {split!r}; it has {sorted(h5.keys())}")
             g = h5[split]
             if image_key not in g:
                 raise KeyError(f"{path}/{split} has no image array {image_key!r}")
-            self._images = g[image_key][()]
-            self.factor_labels = {k: g["labels"][k][()] for k in g["labels"]}
+            with reading(path, f"{split}/{image_key}"):
+                self._images = g[image_key][()]
+                self.factor_labels = {k: g["labels"][k][()] for k in g["labels"]}
         self.label_key = label_key
         if label_key is None:
             self.labels, self.classnames = None, None
@@ -132,7 +134,7 @@ class ToyDataset(ImageDataset):
         """The object's pixel mask of image ``i``, bool [S, S] (the split's masks are read on
         the first call)."""
         if getattr(self, "_masks", None) is None:
-            with h5py.File(self.path, "r") as h5:
+            with open_h5(self.path) as h5, reading(self.path, f"{self.split}/masks"):
                 if "masks" not in h5[self.split]:
                     raise KeyError(f"{self.path}/{self.split} has no masks")
                 self._masks = h5[self.split]["masks"][()]

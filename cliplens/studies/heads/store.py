@@ -84,16 +84,16 @@ def read_decomposition(path: str | os.PathLike, expected: dict | None = None,
                 raise KeyError(f"{path} has no arrays {missing}")
             names = [k for k in names if k in set(arrays) | {"index"}]
         out = {}
-        for k in names:
-            d = cache.array(k)
+        for k in names:  # every read goes through RowCache: checksums, finite, in bounds
             if k not in PER_LAYER:
-                out[k] = d[()]
+                out[k] = cache.load(k)
                 continue
-            pos = range(d.shape[1]) if layers is None else list(layers)
+            pos = range(cache.array(k).shape[1]) if layers is None else list(layers)
             if sum_heads and k in ("heads", "heads_cls"):
-                out[k] = np.stack([d[:, i].astype(np.float32).sum(1) for i in pos], axis=1)
+                out[k] = np.stack([cache.layers(k, [i])[:, 0].astype(np.float32).sum(1)
+                                   for i in pos], axis=1)
             elif layers is None:
-                out[k] = d[()]
+                out[k] = cache.load(k)
             else:
                 out[k] = cache.layers(k, pos)
         out["provenance"] = cache.provenance

@@ -21,8 +21,8 @@ from PIL import Image
 from ...core.caches.rows import shard_bounds
 from ...core.caches.tokens import extract_tokens, open_tokens
 from ...core.data.views import open_view
-from ...core.io import (atomic_path, check_provenance, library_versions, mark_complete,
-                        set_provenance, write_npz, write_table)
+from ...core.io import (atomic_path, check_provenance, create_checked, library_versions,
+                        mark_complete, open_h5, reading, set_provenance, write_npz, write_table)
 from ...core.models.registry import load_model, resolve_device
 from ...core.settings import ReconstructorSettings, ReconstructorTrain
 from .colour import evaluate_colour_operators, fit_colour_operators
@@ -173,8 +173,8 @@ def run_heldout(
             "dataset": dataset, "split": split, "n": int(len(rec)),
             "reconstructor": meta["fingerprint"], "library_versions": library_versions()}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("recon", data=rec, compression="gzip", compression_opts=1)
-        h5.create_dataset("index", data=np.arange(len(rec), dtype=np.int64))
+        create_checked(h5, "recon", rec, compression="gzip", compression_opts=1)
+        create_checked(h5, "index", np.arange(len(rec), dtype=np.int64))
         set_provenance(h5, prov)
         mark_complete(h5)
     log.info("%s (%s, %d px): reconstructed %d images of %s/%s", spec, group,
@@ -184,10 +184,8 @@ def run_heldout(
 
 def read_heldout(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """(uint8 reconstructions [n, S, S, 3], provenance) of a file from :func:`run_heldout`."""
-    import h5py
-
     prov = check_provenance(path, {"kind": "reconstructions"})
-    with h5py.File(path, "r") as h5:
+    with open_h5(path) as h5, reading(path, "recon"):
         return h5["recon"][()], prov
 
 

@@ -323,3 +323,80 @@ def test_tiny_open_clip_through_the_registry_sharded_equals_unsharded(tmp_path):
     with torch.inference_mode():
         direct = model.encode_image(model.preprocess(ds.images(0, 13))).numpy()
     np.testing.assert_allclose(e1, direct, rtol=1e-5, atol=1e-6)
+
+
+# ---- damage: every dataset is checksummed; reads refuse what the writer never stored
+
+
+def test_every_cache_dataset_carries_a_checksum_and_bounds(tmp_path):
+    ds, model = FakeDataset(n=20), FakeClip()
+    out = tmp_path / "e.h5"
+    prov = extract_embeddings(model, ds, out, batch_size=6, dtype="float32", progress=False)
+    with h5py.File(out) as h5:
+        assert all(h5[k].fletcher32 for k in ("embeddings", "labels", "index"))
+        emb = h5["embeddings"][()]
+    assert prov["bounds"]["embeddings"] == [float(emb.min()), float(emb.max())]
+
+
+def test_a_flipped_byte_in_a_shard_names_that_shard(tmp_path):
+    from tests.corrupt import flip_byte
+
+    from cliplens.core.io import CorruptFileError
+
+    ds, model = FakeDataset(n=20), FakeClip()
+    shards = sharded(tmp_path, model, ds, 2, dtype="float32")
+    gathered = tmp_path / "cache" / "embeddings.h5"
+    gather_shards(shards, gathered)
+    flip_byte(shards[1], dataset="embeddings")
+    with pytest.raises(CorruptFileError) as err:
+        open_cache(gathered)
+    msg = str(err.value)
+    assert f"{shards[1]} is damaged" in msg and "embeddings" in msg
+    assert f"rm -r {shards[1]} {gathered}" in msg  # the gathered file maps rows to it
+    with pytest.raises(CorruptFileError, match="embeddings"):
+        open_cache(shards[1])
+    open_cache(shards[0])  # the other shard is untouched
+
+
+def test_a_truncated_shard_is_named_with_the_way_out(tmp_path):
+    from tests.corrupt import truncate
+
+    from cliplens.core.io import CorruptFileError
+
+    ds, model = FakeDataset(n=20), FakeClip()
+    shards = sharded(tmp_path, model, ds, 2, dtype="float32")
+    gathered = tmp_path / "cache" / "embeddings.h5"
+    gather_shards(shards, gathered)
+    truncate(shards[0])
+    with pytest.raises(CorruptFileError, match="HDF5 cannot open it") as err:
+        open_cache(gathered)
+    assert f"rm -r {shards[0]} {gathered}" in str(err.value)
+
+
+@pytest.mark.parametrize("value,what", [(np.nan, "NaN or infinite"), (1e38, "outside"),
+                                        (np.inf, "NaN or infinite")])
+def test_values_the_writer_never_stored_are_refused(tmp_path, value, what):
+    from tests.corrupt import rewrite
+
+    from cliplens.core.io import CorruptFileError
+
+    ds, model = FakeDataset(n=20), FakeClip()
+    shards = sharded(tmp_path, model, ds, 2, dtype="float32")
+    gathered = tmp_path / "cache" / "embeddings.h5"
+    gather_shards(shards, gathered)
+    rewrite(shards[1], "embeddings", 3, value)  # h5py recomputes the checksum
+    with pytest.raises(CorruptFileError, match=what) as err:
+        open_cache(gathered)
+    assert f"{shards[1]} is damaged" in str(err.value)  # the shard, not the gathered file
+
+
+def test_a_model_computing_nan_writes_no_cache(tmp_path):
+    class Broken(FakeClip):
+        def encode_image(self, pixels, normalize=False):
+            out = super().encode_image(pixels, normalize)
+            out[0, 0] = float("nan")
+            return out
+
+    with pytest.raises(ValueError, match="non-finite"):
+        extract_embeddings(Broken(), FakeDataset(n=10), tmp_path / "e.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []

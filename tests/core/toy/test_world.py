@@ -134,6 +134,22 @@ def test_hdf5_round_trip_and_incomplete_file(tmp_path, toy_cfg):
         ToyDataset(path, "test")
 
 
+@pytest.mark.parametrize("dataset", ["test/images", "test/captions_rich", "test/labels/shape"])
+def test_a_flipped_byte_in_the_toy_world_fails_its_read(tmp_path, toy_cfg, dataset):
+    from tests.corrupt import flip_byte
+
+    from cliplens.core.io import CorruptFileError
+
+    splits = world.generate("toy", toy_cfg)
+    path = tmp_path / "toy.h5"
+    write_toy_dataset(path, splits, {"dataset": "toy"})
+    flip_byte(path, dataset=dataset)
+    with pytest.raises(CorruptFileError, match=f"{path} is damaged") as err:
+        read_split(path, "test")
+    assert f"rm -r {path}" in str(err.value)
+    read_split(path, "train")  # the other splits' chunks still check out
+
+
 def _without(text, phrases):
     for p in sorted(phrases, key=len, reverse=True):
         text = re.sub(rf"\b{re.escape(p)}\b", " ", text)
