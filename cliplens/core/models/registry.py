@@ -43,8 +43,8 @@ import torch
 
 from ..specs import ModelSpec, parse_model_spec
 from .base import ClipModel, ModelUnavailableError
-from .storage import (META_FILE, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, read_model_meta,
-                      sha256_file)
+from .storage import (DIGESTS, META_FILE, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, read_model_meta,
+                      sha256_file, verify_digests)
 
 __all__ = ["LOADERS", "ModelUnavailableError", "hub_cache_dir", "load_model", "resolve_device"]
 
@@ -246,10 +246,9 @@ def _load_open_clip_dir(spec: str, path: Path, meta: Mapping[str, Any], extra: d
         tokenizer = open_clip.get_tokenizer(ident)
     with open(path / OPEN_CLIP_CONFIG, encoding="utf-8") as fh:
         model_cfg = json.load(fh)["model_cfg"]
-    weights = path / OPEN_CLIP_WEIGHTS
     extra = dict(extra, quick_gelu=bool(model_cfg.get("quick_gelu", False)))
-    if weights.is_file():
-        extra["weights_sha256"] = sha256_file(weights)
+    if "weights_sha256" not in extra and (path / OPEN_CLIP_WEIGHTS).is_file():
+        extra["weights_sha256"] = sha256_file(path / OPEN_CLIP_WEIGHTS)
     return OpenClipModel(
         spec, model, transform, tokenizer,
         family=str(meta.get("family") or _open_clip_family(model)),
@@ -349,14 +348,18 @@ def _load_toy(spec: ModelSpec, ctx: LoadContext) -> ClipModel:
         )
     meta = read_model_meta(path)
     library, family = meta.get("library"), meta.get("family")
-    # the weights' hash (not the training log in the metadata) identifies a toy model's outputs
+    # every file is checked against the digests recorded at save (CorruptFileError naming the
+    # file); the weights' hash (not the training log) identifies a toy model's outputs
+    digests = verify_digests(path, meta.get(DIGESTS, {}), what=f"toy model {spec.name}")
+    weights = OPEN_CLIP_WEIGHTS if library == "open_clip" else "model.safetensors"
     extra = {"toy": str(meta.get("name", spec.name))}
+    if weights in digests:
+        extra["weights_sha256"] = digests[weights]
+    elif (path / weights).is_file():  # a model saved before digests were recorded
+        extra["weights_sha256"] = sha256_file(path / weights)
     if library == "open_clip":
         return _load_open_clip_dir(str(spec), path, meta, extra)
     if library == "transformers":
-        weights = path / "model.safetensors"
-        if weights.is_file():
-            extra["weights_sha256"] = sha256_file(weights)
         return _load_transformers(str(spec), path, ctx, local=True, family=family, extra=extra)
     raise ValueError(f"{path / META_FILE}: library {library!r} is not open_clip or transformers")
 

@@ -4,8 +4,8 @@ and the weights' hash that identifies a model's outputs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -14,7 +14,29 @@ from typing import Any, Mapping
 
 import torch
 
-from ..io import write_json_atomic
+from ..io import atomic_path, corrupt, rebuild_hint, sha256_file, write_json_atomic
+
+class _DefaultSiglipTextConfigNoise(logging.Filter):
+    """Drops one transformers warning that is about transformers' own defaults, not about the
+    model at hand: whenever a config is printed or saved, transformers builds a default
+    ``SiglipTextConfig()`` to diff against, whose defaults (vocabulary 32,000, bos/eos ids
+    49406/49407) fail its own token-id check, and warns once per process.  Every other warning
+    passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("must be `None` or an integer within the vocabulary (between 0 and 31999), "
+                    "got 4940" in msg and msg.split("got ", 1)[1][:5] in ("49406", "49407"))
+
+
+def quiet_default_config_noise() -> None:
+    """Install :class:`_DefaultSiglipTextConfigNoise` on transformers' config logger (once)."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    if not any(isinstance(f, _DefaultSiglipTextConfigNoise) for f in logger.filters):
+        logger.addFilter(_DefaultSiglipTextConfigNoise())
+
+
+quiet_default_config_noise()
 
 #: metadata file every toy model directory holds
 META_FILE = "cliplens_model.json"
@@ -66,14 +88,8 @@ def save_open_clip_dir(
         {"model_cfg": dict(model_cfg), "preprocess_cfg": dict(preprocess_cfg)},
     )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{OPEN_CLIP_WEIGHTS}.", suffix=".tmp", dir=path)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path / OPEN_CLIP_WEIGHTS)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path / OPEN_CLIP_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
     return path
 
 
@@ -101,9 +117,33 @@ def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(fh)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: the metadata key recording, at save, the SHA-256 of every file of a model directory
+DIGESTS = "files_sha256"
+
+
+def file_digests(path: str | os.PathLike, skip: tuple[str, ...] = (META_FILE,)
+                 ) -> dict[str, str]:
+    """``{relative name: SHA-256}`` of every file under directory ``path`` but ``skip``."""
+    path = Path(path)
+    return {str(f.relative_to(path)): sha256_file(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name not in skip}
+
+
+def verify_digests(path: str | os.PathLike, recorded: Mapping[str, str], what: str = "model"
+                   ) -> dict[str, str]:
+    """Hash each file ``recorded`` names under ``path`` and compare; return the digests.
+
+    A missing file or a different SHA-256 (a flipped bit, a truncated copy, an edited config)
+    raises :class:`~cliplens.core.io.CorruptFileError` naming the file, both digests and the
+    command that rebuilds ``path``."""
+    path = Path(path)
+    seen = {}
+    for name, want in sorted(recorded.items()):
+        f = path / name
+        if not f.is_file():
+            raise corrupt(path, f"{what} file {name} is missing", rebuild_hint(path))
+        seen[name] = got = sha256_file(f)
+        if got != want:
+            raise corrupt(f, f"its SHA-256 is {got}, but the {what} was saved with {want} "
+                             "(changed after it was written)", rebuild_hint(path))
+    return seen

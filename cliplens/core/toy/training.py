@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io import private_dir
 from ..settings import ToyModelSettings, ToyTrain
 from ..train import TrainLoop
 from .batching import BatchSampler, partial_caption_set
@@ -225,15 +225,16 @@ def train_toy(
 
 def save_toy_model(toy: ToyModel, meta: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     """Write the model directory atomically: everything goes into a temporary sibling, which
-    then replaces ``out_dir`` (an existing ``out_dir`` is removed first)."""
-    from ..models.storage import write_model_meta
+    then replaces ``out_dir`` (an existing ``out_dir`` is removed first).  The metadata records
+    the SHA-256 of every file (``files_sha256``), which the loader checks."""
+    from ..models.storage import DIGESTS, file_digests, write_model_meta
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = private_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         toy.save(tmp)
-        write_model_meta(tmp, meta)
+        write_model_meta(tmp, {**meta, DIGESTS: file_digests(tmp)})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

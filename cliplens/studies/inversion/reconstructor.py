@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.io import atomic_path, write_json_atomic
+from ...core.models.storage import DIGESTS, sha256_file, verify_digests
 from ...core.settings import ReconstructorSettings
 from ...core.stats import StreamingMoments
 
@@ -201,16 +202,20 @@ def save_reconstructor(net: Reconstructor, meta: Mapping[str, Any], out_dir: str
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
-    write_json_atomic(out_dir / META_FILE, {**meta, "config": net.config})
+    digests = {WEIGHTS_FILE: sha256_file(out_dir / WEIGHTS_FILE)}
+    write_json_atomic(out_dir / META_FILE, {**meta, "config": net.config, DIGESTS: digests})
 
 
 def load_reconstructor(out_dir: str | os.PathLike, device: str | torch.device = "cpu"
                        ) -> tuple[Reconstructor, dict[str, Any]]:
-    """(reconstructor in eval mode, metadata) saved by :func:`save_reconstructor`."""
+    """(reconstructor in eval mode, metadata) saved by :func:`save_reconstructor`; weights whose
+    SHA-256 differs from the one recorded at save raise
+    :class:`~cliplens.core.io.CorruptFileError`."""
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / META_FILE).read_text())
+    verify_digests(out_dir, meta.get(DIGESTS, {}), what="reconstructor")
     cfg = dict(meta["config"])
     net = Reconstructor(cfg.pop("token_dim"), cfg.pop("grid"), cfg.pop("image_size"), **cfg)
     net.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))

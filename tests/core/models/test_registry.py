@@ -404,3 +404,31 @@ def test_uncached_weights_give_one_clear_error(tmp_path, spec, fetch):
     assert fetch in msg
     assert str(tmp_path / "hub") in msg  # the cache searched
     assert f"HF_HOME={tmp_path}" in msg
+
+
+@pytest.mark.parametrize("name,damage", [("clip-vit", "flip"), ("siglip2-32", "flip"),
+                                         ("siglip2-32", "truncate"), ("clip-vit", "config")])
+def test_a_toy_model_changed_after_saving_is_refused(tiny_world, tmp_path, name, damage):
+    import shutil
+
+    from tests.corrupt import flip_byte, truncate
+
+    from cliplens.core.io import CorruptFileError
+
+    root = tmp_path / "toy"
+    shutil.copytree(tiny_world.results / "models" / "toy" / name, root / name)
+    load_model(f"toy:{name}", toy_root=root)  # the copy loads: every digest holds
+    weights = next((root / name).glob("*model.safetensors"))
+    if damage == "flip":
+        flip_byte(weights)
+        bad = weights
+    elif damage == "truncate":
+        truncate(weights)
+        bad = weights
+    else:  # an edited config: the architecture would change under the same weights
+        bad = root / name / "open_clip_config.json"
+        bad.write_text(bad.read_text().replace('"layers": 1', '"layers": 2'))
+    with pytest.raises(CorruptFileError) as err:
+        load_model(f"toy:{name}", toy_root=root)
+    msg = str(err.value)
+    assert f"{bad} is damaged: its SHA-256 is" in msg and f"rm -r {root / name}" in msg

@@ -39,3 +39,14 @@ def test_saved_reconstructor_loads_back(tmp_path):
     with torch.no_grad():
         assert torch.equal(net.eval()(x), back(x))
     assert meta["layer"] == -2 and meta["config"]["grid"] == [4, 4]
+
+
+def test_a_reconstructor_changed_after_saving_is_refused(tmp_path):
+    from tests.corrupt import flip_byte
+
+    from cliplens.core.io import CorruptFileError
+
+    save_reconstructor(make_net(seed=3), {"layer": -2}, tmp_path)
+    flip_byte(tmp_path / "reconstructor.safetensors")
+    with pytest.raises(CorruptFileError, match="reconstructor.safetensors is damaged"):
+        load_reconstructor(tmp_path)
