@@ -3,7 +3,11 @@
 * :func:`extract` unpacks a tar or zip into a temporary folder inside the destination, rejects
   members that would land outside it (``..``, absolute paths, escaping links, devices), and
   then renames the top-level entries into place.
-* :func:`finish_dataset` runs the catalog's post-extraction steps and writes ``.ready`` last.
+* :func:`extract_verified` checks a downloaded archive against the catalog first, as a fresh
+  download is checked: an archive copied into ``downloads/`` by hand (how offline clusters get
+  data) that does not match is moved aside, never extracted, never deleted.
+* :func:`finish_dataset` runs the catalog's post-extraction steps and writes ``.ready`` last,
+  recording the digests actually seen.
 * :func:`check_manual` checks the layout of a dataset the user places by hand and raises
   :class:`ManualDatasetError` with the catalog's instructions when it is incomplete.
 """
@@ -25,7 +29,13 @@ from tqdm.auto import tqdm
 from ... import __version__
 from ..io import _fsync_dir, write_json_atomic
 from .catalog import (READY, ChecksumError, DownloadError, ManualDatasetError,
-                      UnsafeArchiveError, catalog_files, check_file, dataset_entry, log)
+                      UnsafeArchiveError, _expected, _problems, catalog_files, check_file,
+                      dataset_entry, file_digests, log)
+
+#: suffix of an archive set aside because it does not match the catalog
+MISMATCH = ".mismatch"
+#: folder (inside a dataset folder) of the per-archive extraction markers
+EXTRACTED = ".extracted"
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -144,19 +154,53 @@ def check_manual(name: str, root: str | os.PathLike) -> Path:
     raise ManualDatasetError("\n".join(lines))
 
 
-def extract_file(
-    file: str, downloads: str | os.PathLike, dataset_root: str | os.PathLike,
-    progress: bool = True, dataset: str | None = None,
-) -> list[Path]:
-    """Extract downloaded catalog file ``file`` into its dataset folder (``extract_to``).
+def verify_archive(file: str, downloads: str | os.PathLike, progress: bool = True
+                   ) -> dict[str, object]:
+    """Check ``{downloads}/{file}`` against the catalog's size and digests, as a fresh
+    download is checked; return what was seen: ``{"size", "sha256"[, "md5"]}``.
 
-    ``dataset``, when given, must be the dataset the catalog files ``file`` under.
+    A mismatch moves the file aside to ``{file}.mismatch`` (it may be a copy the user made by
+    hand: it is kept, not deleted) and raises :class:`ChecksumError` naming the expected and the
+    actual size/digests and where the file went.  The next run downloads the file again, or
+    uses a correct copy put in its place.
     """
+    f = catalog_files()[file]
+    path = Path(downloads) / file
+    exp = _expected(f.get("sha256"), f.get("md5"))
+    nbytes = path.stat().st_size
+    digests = file_digests(path, ("sha256", *exp), progress)
+    probs = _problems(nbytes, digests, f.get("size"), exp)
+    if probs:
+        aside = path.with_name(path.name + MISMATCH)
+        os.replace(path, aside)
+        raise ChecksumError(
+            f"{path} does not match the catalog, so it was not extracted: "
+            + "; ".join(probs) + f".\n  It was moved aside to {aside} (kept, not deleted). "
+            "Rerun to download it again, or put the right file at " + str(path)
+            + " (catalog: cliplens/core/data/catalog.yaml)")
+    return {"size": nbytes, **digests}
+
+
+def extract_verified(
+    file: str, downloads: str | os.PathLike, dataset_root: str | os.PathLike,
+    marker: str | os.PathLike | None = None, progress: bool = True,
+    dataset: str | None = None,
+) -> dict[str, object]:
+    """Verify downloaded catalog file ``file`` (:func:`verify_archive`), extract it into its
+    dataset folder (``extract_to``) and write ``marker`` last (JSON: dataset, file, top-level
+    entries, the size and digests seen); return the marker's content.  ``dataset``, when given,
+    must be the dataset the catalog files ``file`` under."""
     f = catalog_files()[file]
     if dataset is not None and f["dataset"] != dataset:
         raise ValueError(f"{file} belongs to dataset {f['dataset']!r}, not {dataset!r}")
-    return extract(Path(downloads) / file, Path(dataset_root) / f.get("extract_to", "."),
+    seen = verify_archive(file, downloads, progress)
+    tops = extract(Path(downloads) / file, Path(dataset_root) / f.get("extract_to", "."),
                    progress=progress)
+    info = {"dataset": f["dataset"], "file": file, "entries": [t.name for t in tops],
+            "seen": seen}
+    if marker is not None:
+        write_json_atomic(marker, info)
+    return info
 
 
 def finish_dataset(name: str, root: str | os.PathLike, progress: bool = True) -> Path:
@@ -164,7 +208,8 @@ def finish_dataset(name: str, root: str | os.PathLike, progress: bool = True) ->
 
     Steps: verify and extract each ``nested`` archive (skipped when its ``creates`` path is
     already there), remove ``cleanup`` folders, then require every ``check`` path.  The marker
-    is JSON: dataset, files and their expected digests, time.
+    is JSON: dataset, per file its URL, the catalog's expected size/digests and the size and
+    digests seen when it was verified before extraction (from ``.extracted/{file}``), time.
     """
     entry = dataset_entry(name)
     root = Path(root)
@@ -192,13 +237,25 @@ def finish_dataset(name: str, root: str | os.PathLike, progress: bool = True) ->
                             f"{missing}; the archives may have changed upstream")
     info = {
         "dataset": name,
-        "files": {f["name"]: {k: f.get(k) for k in ("url", "size", "sha256", "md5")}
+        "files": {f["name"]: {"url": f.get("url"),
+                              "expected": {k: f.get(k) for k in ("size", "sha256", "md5")},
+                              "seen": _seen(root, f["name"])}
                   for f in entry.get("files", [])},
         "prepared": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cliplens": __version__,
     }
     write_json_atomic(root / READY, info)
     return root / READY
+
+
+def _seen(root: Path, file: str) -> dict | None:
+    """What :func:`extract_verified` recorded for ``file`` (None: no marker)."""
+    import json
+
+    marker = root / EXTRACTED / file
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("seen")
 
 
 def mark_manual_ready(name: str, root: str | os.PathLike) -> Path:

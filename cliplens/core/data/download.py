@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ... import __version__
 from ..io import _fsync_dir
-from .archives import extract, finish_dataset, mark_manual_ready
+from .archives import EXTRACTED, extract_verified, finish_dataset, mark_manual_ready
 from .catalog import (CHUNK, READY, ChecksumError, DownloadError, _expected, _new_hashers,
                       _problems, dataset_entry, file_digests, log, verify)
 
@@ -248,7 +248,7 @@ def fetch_dataset(name: str, resources: str | os.PathLike, progress: bool = True
     for f in entry.get("files", []):
         path = download(f["url"], resources / "downloads" / f["name"], f.get("sha256"),
                         f.get("md5"), f.get("size"), progress, mirrors=f.get("mirrors", ()))
-        extract(path, root / f.get("extract_to", "."), progress=progress)
+        extract_verified(f["name"], path.parent, root, root / EXTRACTED / f["name"], progress)
     finish_dataset(name, root, progress)
     return root
 

@@ -399,3 +399,60 @@ include: "{repo}/rules/data.smk"
     run = smk(ready, manual)
     assert run.returncode == 0, run.stderr[-3000:]
     assert manual.exists() and "rule download_file" not in run.stderr  # nothing fetched twice
+
+
+def test_an_archive_placed_by_hand_is_verified_before_extraction(server, tmp_path):
+    """How offline clusters get data: the archive is copied into downloads/ by hand.  A wrong
+    copy is moved aside (kept) with both digests named and nothing extracted; the rule then
+    downloads it again; a right copy is extracted and .ready records the digest seen."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    good = _tar_gz({"labels/all.txt": b"cat\n"})
+    bad = _tar_gz({"labels/all.txt": b"dog\n"})
+    server.files["/good.tar.gz"] = (good, "ok")
+    (tmp_path / "extra.yaml").write_text(f"""
+datasets:
+  fake:
+    files:
+      - {{name: fake.tar.gz, url: "{server.url('/good.tar.gz')}", size: {len(good)},
+          sha256: "{_sha(good)}", source: test, extract_to: .}}
+    check: [labels/all.txt]
+""")
+    (tmp_path / "Snakefile").write_text(f"""
+from cliplens.core.settings import load_settings
+configfile: "{repo}/config.yaml"
+S = load_settings(config)
+include: "{repo}/rules/common.smk"
+include: "{repo}/rules/data.smk"
+""")
+    res, out = tmp_path / "res", tmp_path / "out"
+    env = dict(os.environ, CLIPLENS_CATALOG=str(tmp_path / "extra.yaml"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+    def smk():
+        return subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"results={out}",
+             f"resources={res}", "--", str(res / "datasets/fake/.ready")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    placed = res / "downloads/fake.tar.gz"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(bad)
+    run = smk()
+    assert run.returncode != 0
+    assert f"sha256: expected {_sha(good)}, got {_sha(bad)}" in run.stderr
+    aside = res / "downloads/fake.tar.gz.mismatch"
+    assert aside.read_bytes() == bad and not placed.exists()
+    assert not (res / "datasets/fake/labels").exists()
+    assert not server.requests  # nothing was fetched: the hand-placed file was used, and refused
+
+    run = smk()  # the rerun downloads the archive the catalog names
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (res / "datasets/fake/labels/all.txt").read_bytes() == b"cat\n"
+    import json
+
+    ready = json.loads((res / "datasets/fake/.ready").read_text())
+    assert ready["files"]["fake.tar.gz"]["seen"]["sha256"] == _sha(good)
+    assert ready["files"]["fake.tar.gz"]["expected"]["sha256"] == _sha(good)
