@@ -14,6 +14,11 @@ every trainer needs and none of them should write again:
   result.  :meth:`TrainLoop.resume` loads a checkpoint only if its fingerprint matches, so a job
   killed and resumed ends with the weights an uninterrupted run reaches, provided the caller's
   batches are a function of the step (or their generator state is in ``extra``).
+* self-healing checkpoints: each is saved with its SHA-256 beside it (``last.pt.sha256``) and
+  the one before it is kept (``last.prev.pt``).  On resume a checkpoint whose bytes do not match
+  its digest (a flipped bit, a truncated copy, a job killed between the two writes) is set
+  aside as ``*.corrupt`` with a warning, and training resumes from the previous good one or
+  from scratch: never from wrong weights.
 
 Every step's loss is kept (:attr:`TrainLoop.losses`), so summaries (a windowed history, the mean
 of the last steps) are the same with or without a resume.
@@ -32,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +64,74 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: suffix of the digest file beside a checkpoint, and of a checkpoint set aside as damaged
+DIGEST_SUFFIX, CORRUPT_SUFFIX = ".sha256", ".corrupt"
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
-    """``torch.save(state)`` under a temporary name, fsync, rename: never a half-written file."""
+    """``torch.save(state)`` under a temporary name, fsync, rename: never a half-written file.
+
+    The checkpoint already at ``path`` (with its digest) becomes :func:`previous_path`; the new
+    one's SHA-256 is written to ``{path}.sha256`` after it is in place (a crash in between
+    leaves a checkpoint without digest, which :func:`load_checkpoint` does not trust)."""
+    path = Path(path)
+    digest = Path(f"{path}{DIGEST_SUFFIX}")
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
+        sha = sha256_file(tmp)
+        if path.exists():
+            prev = previous_path(path)
+            os.replace(path, prev)
+            if digest.exists():
+                os.replace(digest, f"{prev}{DIGEST_SUFFIX}")
+    write_text_atomic(digest, sha + "\n")
+
+
+def _set_aside(path: Path, why: str) -> None:
+    for p in (path, Path(f"{path}{DIGEST_SUFFIX}")):
+        if p.exists():
+            os.replace(p, f"{p}{CORRUPT_SUFFIX}")
+    log.warning("checkpoint %s is damaged (%s): set aside as %s%s", path, why, path,
+                CORRUPT_SUFFIX)
+
+
+def _verified(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if its bytes match its recorded digest and it loads; a
+    damaged one is set aside (None)."""
+    digest = Path(f"{path}{DIGEST_SUFFIX}")
+    want = digest.read_text().strip() if digest.is_file() else None
+    if want is None:
+        _set_aside(path, "no digest beside it: its writer did not finish")
+        return None
+    got = sha256_file(path)
+    if got != want:
+        _set_aside(path, f"SHA-256 {got}, recorded {want}")
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is set aside
+        _set_aside(path, f"torch.load failed: {err}")
+        return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` (``torch.load(weights_only=True)``: tensors and plain
-    containers only), or None if there is none."""
+    """The newest good checkpoint: ``path`` if its SHA-256 matches the one recorded beside it
+    and it loads (``torch.load(weights_only=True)``: tensors and plain containers only), else
+    the previous one (:func:`previous_path`) under the same test, else None.  Damaged ones
+    are set aside as ``*.corrupt`` with a warning."""
     path = Path(path)
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    for candidate in (path, previous_path(path)):
+        if candidate.is_file():
+            ckpt = _verified(candidate)
+            if ckpt is not None:
+                return ckpt
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -176,7 +236,8 @@ class TrainLoop:
         self.step = self.resumed_from = int(ckpt["step"])
         self.losses = [float(x) for x in ckpt["losses"]]
         self.extra = dict(ckpt["extra"])
-        log.info("resuming from %s at step %d of %d", self.checkpoint_path, self.step, self.steps)
+        log.info("resuming from the checkpoints in %s at step %d of %d",
+                 self.checkpoint_path.parent, self.step, self.steps)
         return self.step
 
     # -- the loop -----------------------------------------------------------------------------

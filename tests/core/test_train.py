@@ -134,3 +134,36 @@ def test_fingerprint_and_window_means():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
     assert window_means([1.0, 3.0, 5.0, 7.0, 9.0], 2) == [[2.0, 2.0], [4.0, 6.0], [5.0, 9.0]]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no digest"])
+def test_a_damaged_checkpoint_is_set_aside_and_training_heals(tmp_path, caplog, damage):
+    from tests.corrupt import flip_byte, truncate
+
+    ref, _ = _train(tmp_path / "ref.pt")
+    path = tmp_path / "run.pt"
+    _train(path, kill_at=12)  # checkpoints at steps 5 (run.prev.pt) and 10 (run.pt)
+    if damage == "flip":
+        flip_byte(path)
+    elif damage == "truncate":
+        truncate(path)
+    else:  # killed between writing the checkpoint and its digest
+        (tmp_path / "run.pt.sha256").unlink()
+    resumed, loop = _train(path)
+    assert loop.resumed_from == 5  # the previous good checkpoint
+    torch.testing.assert_close(resumed, ref, rtol=0, atol=0)
+    assert "run.pt is damaged" in caplog.text and (tmp_path / "run.pt.corrupt").exists()
+
+
+def test_a_finished_run_with_a_flipped_checkpoint_never_yields_wrong_weights(tmp_path):
+    from tests.corrupt import flip_byte
+
+    ref, _ = _train(tmp_path / "ref.pt")
+    path = tmp_path / "run.pt"
+    _train(path)  # finished: run.pt at step 20, run.prev.pt at step 15
+    flip_byte(path)
+    flip_byte(tmp_path / "run.prev.pt")
+    resumed, loop = _train(path)
+    assert loop.resumed_from is None  # both damaged: from scratch
+    torch.testing.assert_close(resumed, ref, rtol=0, atol=0)
+    assert load_checkpoint(path)["step"] == 20
