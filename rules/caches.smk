@@ -33,7 +33,6 @@ rule cache_shard:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         dataset="{dataset}",
         split="{split}",
         shard=lambda w: int(w.i),

@@ -41,7 +41,6 @@ rule heads_decompose_shard:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         dataset="{dataset}",
         split="{split}",
         shard=lambda w: int(w.i),
@@ -88,7 +87,6 @@ rule heads_texts:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         sources=list(HEADS.textspan.text_sets),
         n_words=HEADS.textspan.n_words,
     script:
@@ -138,7 +136,6 @@ rule heads_replacement:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         tasks=list(HEADS.tasks),
         cfg=HEADS.textspan.to_dict(),
         roots=data_roots,
@@ -169,7 +166,6 @@ rule heads_ablation:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         tasks=list(HEADS.tasks),
         roots=data_roots,
     script:
@@ -241,9 +237,9 @@ rule heads_segmentation:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         cfg=HEADS.segmentation.to_dict(),
         roots=data_roots,
+        maps_layers=maps_layers,
     script:
         "../workflow_scripts/heads/heads_segmentation.py"
 
@@ -304,7 +300,6 @@ rule heads_spurious:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         task=HEADS.spurious.task,
         cfg=HEADS.spurious.to_dict(),
         roots=data_roots,

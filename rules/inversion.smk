@@ -43,7 +43,6 @@ rule inversion_token_shard:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         dataset="{dataset}",
         split="{split}",
         key="{key}",
@@ -101,7 +100,6 @@ rule inversion_train:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         dataset=INV.dataset,
         train_split=INV.train_split,
         eval_split=INV.eval_split,
@@ -109,7 +107,7 @@ rule inversion_train:
         train_tokens=INV.train_tokens,
         layer=INV.layer,
         reconstructor=INV.reconstructor.to_dict(),
-        train=INV.train.to_dict(),
+        train=inv_train_params(),
         roots=data_roots,
     script:
         "../workflow_scripts/inversion/inversion_train.py"
@@ -136,7 +134,6 @@ rule inversion_reconstruct:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         dataset=INV.dataset,
         split=INV.eval_split,
         n_images=INV.similarity.n_images,
@@ -170,7 +167,6 @@ rule inversion_score:
         gpu=gpu_resource,
     params:
         scorer=lambda w: model_spec(w.scorer),
-        load=load_params(),
         variants=list(INV.similarity.variants),
         batch_size=INV.similarity.batch_size,
         roots=data_roots,
@@ -274,7 +270,6 @@ rule inversion_operators:
         gpu=gpu_resource,
     params:
         spec=INV_OPS.model,
-        load=load_params(),
         train_caches=inv_op_caches(INV_OPS.train_split, INV_OPS.train_images),
         test_caches=inv_op_caches(INV_OPS.test_split, INV_OPS.test_images),
         dataset=INV_OPS.dataset,

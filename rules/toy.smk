@@ -49,6 +49,5 @@ rule train_toy_model:
     params:
         name="{toy_model}",
         cfg=lambda w: S.toy_models[w.toy_model].to_dict(),
-        device=S.device,
     script:
         "../workflow_scripts/toy/train_toy_model.py"

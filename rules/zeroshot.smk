@@ -30,7 +30,6 @@ rule zeroshot_eval:
         gpu=gpu_resource,
     params:
         spec=lambda w: model_spec(w.model),
-        load=load_params(),
         task="{task}",
         classnames=lambda w: zeroshot_classnames(w.task),
         templates=lambda w: zeroshot_templates(w.task),

@@ -4,8 +4,8 @@ with the rule's params, inputs and outputs.  Each reads its inputs, checks them,
 library and writes its outputs atomically; each is usable from a notebook as it is.
 
 ``load`` (every job that loads a model) holds :func:`~cliplens.core.models.registry.load_model`'s
-keyword arguments (``toy_root``, ``device``, ``hf_home``); ``roots`` the ``results`` and
-``resources`` folders datasets are opened from.
+keyword arguments (``toy_root``, ``device``, ``hf_home``: :func:`model_load`); ``roots`` the
+``results`` and ``resources`` folders datasets are opened from.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ log = logging.getLogger("cliplens")
 
 #: the columns of the zero-shot table
 ZEROSHOT_COLUMNS = ["model", "task", "top1", "top5", "mean_per_class", "n", "classes"]
+
+
+def model_load(config: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`~cliplens.core.models.registry.load_model`'s keyword arguments from the workflow's
+    ``config`` (``snakemake.config`` in a job): the toy models' folder, the ``device`` and the
+    Hugging Face cache (``hf_home``).  Scripts read them from the config rather than from the
+    rule's params, because params are what Snakemake reruns a job for, and where a cache lives
+    or which device computes cannot change a result."""
+    return {"toy_root": f"{config.get('results', 'results')}/models/toy",
+            "device": config.get("device", "auto"), "hf_home": config.get("hf_home")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,15 +48,15 @@ def run_download(*, url: str, out: str, sha256: str | None, md5: str | None, siz
 
 
 def run_extract_archive(*, archive: str, file: str, name: str, root: str, out: str) -> list[str]:
-    """Extract one downloaded archive into its dataset folder; the marker ``out`` (JSON: dataset,
-    file, top-level entries) is written last."""
-    from .data.archives import extract_file
-    from .io import write_json_atomic
+    """Verify one downloaded archive against the catalog (a copy placed by hand is checked as a
+    download is; a mismatch is moved aside), extract it into its dataset folder; the marker
+    ``out`` (JSON: dataset, file, top-level entries, digests seen) is written last."""
+    from .data.archives import extract_verified
 
-    tops = extract_file(file, Path(archive).parent, root, dataset=name)
-    log.info("extracted %s into %s: %s", Path(archive).name, root, [t.name for t in tops])
-    write_json_atomic(out, {"dataset": name, "file": file, "entries": [t.name for t in tops]})
-    return [t.name for t in tops]
+    info = extract_verified(file, Path(archive).parent, root, marker=out, dataset=name)
+    log.info("verified (sha256 %s) and extracted %s into %s: %s", info["seen"]["sha256"],
+             Path(archive).name, root, info["entries"])
+    return info["entries"]
 
 
 def run_finish_dataset(*, name: str, root: str, out: str) -> Path:

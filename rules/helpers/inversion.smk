@@ -25,7 +25,10 @@ def token_cache_path(slug, dataset, split, key="images", rows=None):
 def token_shard_paths(wildcards):
     w = wildcards
     folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}/tokens"
-    n = INV.token_shards or S.cache.shards
+    rows = None if w.rows == "all" else int(w.rows)
+    n = shard_count(
+        INV.token_shards or S.cache.shards, w.dataset, w.split, S.cache.batch_size, rows
+    )
     return shard_paths(folder, f"{w.key}.layer{w.layer}.{w.rows}.", n)
 
 
@@ -46,6 +49,12 @@ def inv_train_threads(wildcards):
     """Torch threads of a reconstructor's training: 1 beside a toy extractor (several train side
     by side), inversion.train.threads beside a real one."""
     return 1 if model_spec(wildcards.model).startswith("toy:") else INV.train.threads
+
+
+def inv_train_params():
+    """inversion.train without `threads` (a job's threads come from the threads directive;
+    changing them must not retrain)."""
+    return {k: v for k, v in INV.train.to_dict().items() if k != "threads"}
 
 
 def inv_scorer_threads(wildcards):
