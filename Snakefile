@@ -6,7 +6,7 @@ import os
 from snakemake.utils import min_version
 from snakemake.exceptions import WorkflowError
 
-from cliplens.core.config import ConfigError
+from cliplens.core.config import ConfigError, check_config_files
 from cliplens.core.settings import load_settings, plain
 
 min_version("9.0")
@@ -16,6 +16,18 @@ min_version("9.0")
 # parsed, so every job has it: cluster jobs inherit it (the SLURM executor submits with
 # --export=ALL) and read this file again; export HDF5_USE_FILE_LOCKING yourself to override.
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+
+# YAML syntax errors and keys given twice, with their file and line, before Snakemake merges the
+# files (it would keep the last of two equal keys without a word).  A --configfile with a syntax
+# error stops Snakemake before this file is read: `python -m cliplens.core.config FILE` names
+# the line.
+try:
+    check_config_files(
+        [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwrite_configfiles]
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err))
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")

@@ -8,6 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from cliplens.core.data.registry import dataset_targets
+from cliplens.core.settings.references import planned_shards
+from snakemake.logging import logger
 from cliplens.core.specs import parse_model_spec, slugify, unslugify
 
 R = S.results
@@ -36,11 +38,6 @@ def model_inputs(slug):
     if spec.scheme == "toy":
         return [f"{R}/models/toy/{spec.name}"]
     return []
-
-
-def load_params():
-    """Keyword arguments of cliplens.core.models.registry.load_model shared by every job."""
-    return {"toy_root": f"{R}/models/toy", "device": S.device, "hf_home": S.hf_home}
 
 
 # dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``
@@ -78,6 +75,16 @@ def data_roots(wildcards, input):
 def shard_paths(folder, stem, n):
     """The ``n`` shard files of one row cache: ``{folder}/shards/{stem}{i}-of-{n}.h5``."""
     return [f"{folder}/shards/{stem}{i}-of-{n}.h5" for i in range(n)]
+
+
+@lru_cache(maxsize=None)
+def shard_count(requested, dataset, split, batch_size, rows=None):
+    """Shards of one row cache: ``requested``, capped at one per batch of its rows when they
+    are known while planning (toy splits); the cap is stated once in the log."""
+    n, why = planned_shards(requested, dataset, split, batch_size, S.toy, rows)
+    if why:
+        logger.warning(f"cliplens: {why}")
+    return n
 
 
 # ---- the GPU resource

@@ -84,9 +84,89 @@ def validate_config(config: dict, schema: Mapping | None = None) -> dict:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key given twice (plain YAML keeps the last one and
+    drops the first block without a word).  Keys brought in by a ``<<: *anchor`` merge may be
+    overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(
+                        f"{key_node.start_mark.name}, line {line}: key {key!r} is given again "
+                        f"(first on line {seen[key]}); YAML would silently drop the first "
+                        "block. Merge the two into one.")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_config(path: str | Path) -> dict:
+    """A YAML config file as a dict.  A syntax error or a key given twice in one mapping raises
+    :class:`ConfigError` naming the file, the line and the column."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.load(text, Loader=lambda stream: _named_loader(stream, str(path)))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {err.problem or err}"
+                          + (f" ({err.context})" if err.context else "")) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys at the top level, "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def _named_loader(stream, name: str) -> _UniqueKeyLoader:
+    loader = _UniqueKeyLoader(stream)
+    loader.name = name  # marks carry the file's path
+    return loader
+
+
+def check_config_files(paths) -> None:
+    """:func:`read_yaml_config` each existing file of ``paths`` (the workflow calls this while
+    it parses, so a duplicated key fails with its file and line before any job)."""
+    for p in paths:
+        if Path(p).is_file():
+            read_yaml_config(p)
+
+
+def main(argv=None) -> int:
+    """``python -m cliplens.core.config FILE...``: check config files (YAML syntax with file and
+    line, duplicate keys, then the schema of config.yaml merged with them, in order)."""
+    import sys
+
+    files = list(sys.argv[1:] if argv is None else argv)
+    default = Path(__file__).resolve().parents[2] / "config.yaml"  # the repository's
+    try:
+        cfg = read_yaml_config(default) if default.is_file() else {}
+        for f in files:
+            cfg = deep_merge(cfg, read_yaml_config(f))
+        from .settings import load_settings
+
+        load_settings(cfg)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"ok: {', '.join(files) or 'config.yaml'}")
+    return 0
+
+
 def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
-    """Read a YAML config, merge ``overrides`` (deep), validate and fill defaults."""
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    """Read a YAML config (:func:`read_yaml_config`), merge ``overrides`` (deep), validate and
+    fill defaults."""
+    cfg = read_yaml_config(path)
     if overrides:
         cfg = deep_merge(cfg, overrides)
     return validate_config(cfg)
@@ -101,3 +181,7 @@ def deep_merge(base: Mapping, update: Mapping) -> dict:
         else:
             out[key] = copy.deepcopy(val)
     return out
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in the tests
+    raise SystemExit(main())

@@ -7,4 +7,5 @@ def cache_path(model_slug, dataset, split):
 def cache_shard_paths(wildcards):
     w = wildcards
     folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}"
-    return shard_paths(folder, "embeddings.", S.cache.shards)
+    n = shard_count(S.cache.shards, w.dataset, w.split, S.cache.batch_size)
+    return shard_paths(folder, "embeddings.", n)

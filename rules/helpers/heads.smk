@@ -1,4 +1,6 @@
 # Helpers of rules/heads.smk (functions only; the rules are there).
+from cliplens.core.models.layout import planned_layout
+
 HEADS = S.heads
 HEADS_MODELS = [model_slug(m) for m in HEADS.models]
 
@@ -11,7 +13,20 @@ def decomposition_path(slug, dataset, split):
 def decomposition_shard_paths(wildcards):
     w = wildcards
     folder = f"{R}/cache/{w.model}/{w.dataset}/{w.split}/decomposition"
-    return shard_paths(folder, "", HEADS.shards or S.cache.shards)
+    n = shard_count(
+        HEADS.shards or S.cache.shards, w.dataset, w.split, HEADS.batch_size
+    )
+    return shard_paths(folder, "", n)
+
+
+def maps_layers(wildcards):
+    """Blocks the spatial maps sum over (the last heads.segmentation.layers, at most the
+    model's), when its layout is known while planning, else None: for the report's caption.
+    """
+    layout = planned_layout(model_spec(wildcards.model), S.toy_models)
+    if layout is None:
+        return None
+    return min(HEADS.segmentation.layers, layout.blocks)
 
 
 def heads_text_files():

@@ -65,3 +65,40 @@ def test_bad_specs_are_named():
         parse_model_spec("timm:vit")
     with pytest.raises(ValueError, match="expected"):
         parse_model_spec("ViT-B-16")
+
+
+def test_a_key_given_twice_names_the_file_and_both_lines(tmp_path):
+    from cliplens.core.config import read_yaml_config
+
+    f = tmp_path / "dup.yaml"
+    f.write_text("cache:\n  shards: 2\ntoy:\n  seed: 1\ncache:\n  dtype: float16\n")
+    with pytest.raises(ConfigError, match=rf"{f}, line 5: key 'cache' is given again "
+                                          r"\(first on line 1\)"):
+        read_yaml_config(f)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("toy:\n  seed: 1\n  noise: 2\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="line 4: key 'seed'"):
+        load_config(nested)
+
+
+def test_merge_keys_may_be_overridden_as_yaml_intends():
+    from cliplens.core.config import read_yaml_config
+
+    cfg = read_yaml_config(Path(__file__).resolve().parents[2] / "config.yaml")  # uses <<: *a
+    assert cfg["toy_models"]
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    import subprocess
+    import sys
+
+    from cliplens.core.config import read_yaml_config
+
+    f = tmp_path / "bad.yaml"
+    f.write_text("cache:\n  shards: 2\n  dtype: [float16\n")
+    with pytest.raises(ConfigError, match=rf"{f}, line 4, column 1: not valid YAML"):
+        read_yaml_config(f)
+    # the command the Snakefile's comment points to, for a --configfile Snakemake cannot read
+    out = subprocess.run([sys.executable, "-m", "cliplens.core.config", str(f)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and f"{f}, line 4, column 1" in out.stderr

@@ -144,3 +144,71 @@ def test_batching_alternatives():
 def test_settings_from_file_with_overrides():
     s = st.settings_from_file(ROOT / "config.yaml", {"toy": {"seed": 3}})
     assert s.toy.seed == 3 and s == st.load_settings(deep_merge(config(), {"toy": {"seed": 3}}))
+
+
+# ---- what a config names is checked against what exists, when the workflow plans
+
+REFERENCE_MISTAKES = [
+    ({"zeroshot": {"models": ["toy:clip-vt"]}},
+     r"zeroshot\.models\[0\]: toy model 'clip-vt' is not defined under toy_models"),
+    ({"zeroshot": {"models": ["open_clip:ViT-B-99@laion2b_s34b_b88k"]}},
+     r"zeroshot\.models\[0\]: open_clip has no architecture 'ViT-B-99'"),
+    ({"zeroshot": {"models": ["hf:/nowhere/model"]}},
+     r"local model directory /nowhere/model does not exist"),
+    ({"zeroshot": {"tasks": ["toy-colr"]}}, r"zeroshot\.tasks\[0\]: unknown zero-shot task"),
+    ({"zeroshot": {"tasks": ["toy-shape", "toy-shape"]}}, r"zeroshot\.tasks: names \['toy-shape'\]"),
+    ({"zeroshot": {"templates": {"toy-size": ["a {}"]}}}, r"zeroshot\.templates\.toy-size"),
+    ({"inversion": {"extractors": ["toy:nope"]}}, r"inversion\.extractors\[0\]: toy model 'nope'"),
+    ({"inversion": {"operators": {"model": "toy:clip-vit"}}},
+     r"inversion\.operators\.model: 'toy:clip-vit' is not one of inversion\.extractors"),
+    ({"inversion": {"layer": 7}}, r"inversion\.layer: toy:siglip-32: layer 7 is outside"),
+    ({"inversion": {"dataset": "toy-colour-opps"}}, r"inversion\.dataset: unknown dataset"),
+    ({"inversion": {"eval_split": "holdout"}},
+     r"inversion split: dataset 'toy' has no split 'holdout'; it has \['test', 'train', 'val'\]"),
+    ({"heads": {"fit": {"dataset": "cifar10", "split": "val"}, "factors": {"enabled": False}}},
+     r"heads\.fit split: dataset 'cifar10' has no split 'val'"),
+    ({"heads": {"layers": [9]}}, r"heads\.layers: toy:clip-vit: layer 9 is outside"),
+    ({"heads": {"neighbours": {"heads": [[0, 5]]}}},
+     r"heads\.neighbours\.heads: toy:clip-vit: \[\[0, 5\]\] are not \[layer, head\] pairs"),
+    ({"heads": {"spurious": {"task": "toy-shape"}}}, r"heads\.spurious\.task: must be"),
+    ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 3]}}},
+     r"heads\.textspan\.replace_n_texts: asks for 3 texts per head, but .*n_texts = 2"),
+    ({"results": "/etc/passwd"}, r"results: /etc/passwd exists and is not a directory"),
+]
+
+
+@pytest.mark.parametrize("edit,message", REFERENCE_MISTAKES,
+                         ids=[m.split(":")[0].replace("\\", "") for _, m in REFERENCE_MISTAKES])
+def test_a_config_naming_what_does_not_exist_fails_naming_the_key(edit, message):
+    with pytest.raises(ConfigError, match=message):
+        st.load_settings(deep_merge(config("configs/test.yaml"), edit))
+
+
+def test_every_problem_is_reported_at_once():
+    bad = deep_merge(config("configs/test.yaml"),
+                     {"zeroshot": {"models": ["toy:clip-vt"], "tasks": ["toy-colr"]},
+                      "inversion": {"layer": 7}})
+    with pytest.raises(ConfigError) as err:
+        st.load_settings(bad)
+    assert err.value.args[0].count("\n  ") == 4  # two models... one per key
+    for key in ("zeroshot.models[0]", "zeroshot.tasks[0]", "inversion.layer"):
+        assert key in str(err.value)
+
+
+def test_planned_shards_cap_at_one_per_batch_of_known_rows():
+    from cliplens.core.settings.references import planned_shards
+
+    toy = st.load_settings(config("configs/test.yaml")).toy
+    assert planned_shards(2, "toy", "test", 64, toy) == (2, None)  # 200 rows: 4 batches
+    n, why = planned_shards(500, "toy", "test", 64, toy)
+    assert n == 4 and "500 shards requested for the 200 rows of toy/test" in why
+    assert planned_shards(500, "toy", "test", 64, toy, rows=40)[0] == 1
+    assert planned_shards(500, "cifar10", "test", 64, toy) == (500, None)  # rows unknown
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes anywhere")
+def test_a_results_folder_nobody_may_write_fails(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match=rf"results: {locked} is not writable"):
+        st.load_settings(deep_merge(config("configs/test.yaml"), {"results": str(locked / "r")}))

@@ -6,39 +6,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-def resolve_layer(layer: int, n_blocks: int) -> int:
-    """Hidden-state index ``layer`` (0 = block input, k = output of block k, negative from the
-    end, as transformers' ``hidden_states``) -> 0 .. n_blocks."""
-    idx = layer if layer >= 0 else n_blocks + 1 + layer
-    if not 0 <= idx <= n_blocks:
-        raise ValueError(f"layer {layer} is outside the {n_blocks + 1} hidden states "
-                         f"(-{n_blocks + 1} .. {n_blocks}) of a {n_blocks}-block tower")
-    return idx
-
-
-def resolve_layers(layers: int | Sequence[int] | None, n_blocks: int) -> tuple[int, ...]:
-    """``None`` -> all blocks; an int ``k`` -> the last ``k`` blocks; a sequence -> those 0-based
-    block indices (negative counts from the end), sorted, without duplicates."""
-    if layers is None:
-        return tuple(range(n_blocks))
-    if isinstance(layers, int):
-        if not 0 <= layers <= n_blocks:
-            raise ValueError(f"layers={layers}: a {n_blocks}-block tower has 0..{n_blocks} "
-                             "last layers")
-        return tuple(range(n_blocks - layers, n_blocks))
-    out = set()
-    for l in layers:
-        idx = int(l) + n_blocks if int(l) < 0 else int(l)
-        if not 0 <= idx < n_blocks:
-            raise ValueError(f"layer {l} is outside the {n_blocks} blocks of this tower")
-        out.add(idx)
-    return tuple(sorted(out))
-
+from .layout import resolve_layer, resolve_layers  # noqa: F401 (the layer indexing, torch-free)
 
 # ---------------------------------------------------------------------------------------------
 # one attention block, library-independent

@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from ..config import validate_config
-from .base import Section, fail, plain, schema_at
+from ..config import ConfigError, validate_config
+from .base import Section, plain, schema_at
 from .heads import (FactorSettings, HeadsFit, HeadsSettings, NeighbourSettings,
                     SegmentationSettings, SpuriousSettings, TextSpanSettings)
+from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
 from .shared import CacheSettings, ZeroshotSettings
@@ -60,10 +61,16 @@ class Settings(Section):
     heads: HeadsSettings
 
     def check(self, where: str) -> None:
+        """Each section's own checks, then what the config names against what exists
+        (:func:`~.references.check_references`) and the results folder: every problem at once,
+        each under its dotted key."""
         super().check(where)
-        if len(set(self.toy.spurious.classes)) != len(self.toy.spurious.classes):
-            fail("toy.spurious.classes", f"{list(self.toy.spurious.classes)} names one shape "
-                  "twice; give two different shapes")
+        problems = check_references(self)
+        why = results_problem(self.results)
+        if why:
+            problems.append(("results", why))
+        if problems:
+            raise ConfigError("invalid config:\n" + "\n".join(f"  {k}: {m}" for k, m in problems))
 
 
 def load_settings(config: dict) -> Settings:

@@ -429,6 +429,20 @@ def colour_ops(images: np.ndarray, blue_factor: float = 0.0) -> dict[str, np.nda
 TOY_DATASETS = ("toy", "toy-spurious", "toy-shift", "toy-colour-ops")
 
 
+def split_sizes(dataset: str, cfg) -> dict[str, int]:
+    """``{split: images}`` of toy ``dataset`` under the toy world's settings ``cfg`` (what
+    :func:`generate` draws; known before anything is drawn, so a config can be checked)."""
+    if dataset == "toy":
+        return {k: int(v) for k, v in cfg.splits.to_dict().items()}
+    if dataset == "toy-spurious":
+        return {k: int(v) for k, v in cfg.spurious.splits.items()}
+    if dataset == "toy-shift":
+        return {"test": int(cfg.shift.n_per_year) * len(cfg.shift.years)}
+    if dataset == "toy-colour-ops":
+        return {k: int(v) for k, v in cfg.colour_ops.splits.items()}
+    raise ValueError(f"unknown toy dataset {dataset!r}; known: {TOY_DATASETS}")
+
+
 def generate(dataset: str, cfg, splits: Iterable[str] | None = None) -> dict[str, Split]:
     """Generate every split of toy ``dataset`` from the toy world's settings ``cfg``
     (:class:`~cliplens.core.settings.ToySettings`: ``seed``, ``image_size``, ``noise``,
@@ -442,17 +456,7 @@ def generate(dataset: str, cfg, splits: Iterable[str] | None = None) -> dict[str
     )
     seed = int(cfg.seed)
     out: dict[str, Split] = {}
-    if dataset == "toy":
-        sizes = cfg.splits.to_dict()
-    elif dataset == "toy-spurious":
-        sizes = {k: int(v) for k, v in cfg.spurious.splits.items()}
-    elif dataset == "toy-shift":
-        sizes = {"test": None}
-    elif dataset == "toy-colour-ops":
-        sizes = {k: int(v) for k, v in cfg.colour_ops.splits.items()}
-    else:
-        raise ValueError(f"unknown toy dataset {dataset!r}; known: {TOY_DATASETS}")
-    for split, n in sizes.items():
+    for split, n in split_sizes(dataset, cfg).items():
         if splits is not None and split not in splits:
             continue
         rng = split_rng(seed, dataset, split)

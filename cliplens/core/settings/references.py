@@ -1,0 +1,221 @@
+"""What a config refers to, checked while the workflow plans, before any job runs.
+
+The schema checks each value on its own; :func:`check_references` checks what the values name
+against what exists: every model spec (a toy model defined under ``toy_models``, an open_clip
+architecture open_clip ships a config for, a local directory), every zero-shot task, every
+dataset and split (toy splits from the toy world's settings, real ones from
+:data:`cliplens.core.data.readers.SPLITS`), lists that name one thing twice, layer and head
+indices against the towers whose layout is known before loading
+(:func:`cliplens.core.models.layout.planned_layout`), and counts that contradict each other.
+Every problem is reported at once, each under its dotted key.  Nothing here imports torch.
+
+What cannot be known before loading is checked by the job, first thing: a Hugging Face repo or
+an open_clip pretrained tag that is not in the local cache (``ModelUnavailableError``), and the
+layers of such models.  Counts larger than a dataset (``n_images``, ``images``, ...) are capped
+by the job and the cap is logged and recorded (``n``, ``of_n``) in its outputs' provenance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _model_refs(s) -> Iterator[tuple[str, str]]:
+    inv, heads = s.inversion, s.heads
+    yield from ((f"zeroshot.models[{i}]", m) for i, m in enumerate(s.zeroshot.models))
+    yield from ((f"inversion.extractors[{i}]", m) for i, m in enumerate(inv.extractors))
+    yield from ((f"inversion.similarity.scorers[{i}]", m)
+                for i, m in enumerate(inv.similarity.scorers))
+    yield "inversion.operators.model", inv.operators.model
+    yield from ((f"heads.models[{i}]", m) for i, m in enumerate(heads.models))
+
+
+def model_problem(spec: str, toy_models) -> str | None:
+    """Why model ``spec`` cannot exist, or None when it may (see the module docstring)."""
+    from ..models.layout import open_clip_archs
+    from ..specs import parse_model_spec
+
+    try:
+        parsed = parse_model_spec(spec)
+    except ValueError as err:
+        return str(err)
+    if parsed.scheme == "toy" and parsed.name not in toy_models:
+        return (f"toy model {parsed.name!r} is not defined under toy_models "
+                f"(defined: {sorted(toy_models)})")
+    if parsed.scheme == "open_clip" and not parsed.name.startswith(("hf-hub:", "local-dir:")):
+        archs = open_clip_archs()
+        if archs and parsed.name not in archs:
+            close = [a for a in archs if a.lower().startswith(parsed.name.lower()[:5])][:8]
+            return (f"open_clip has no architecture {parsed.name!r}"
+                    + (f" (similar: {close})" if close else ""))
+    if parsed.scheme == "hf" and parsed.name.startswith(("/", ".", "~")):
+        if not Path(parsed.name).expanduser().is_dir():
+            return f"local model directory {parsed.name} does not exist"
+    return None
+
+
+def _splits_of(dataset: str, toy) -> dict[str, int | None] | None:
+    """``{split: images (None: unknown before reading)}`` of ``dataset``; None if unknown."""
+    from ..data.readers import SPLITS
+    from ..toy import world
+
+    if dataset in world.TOY_DATASETS:
+        return world.split_sizes(dataset, toy)
+    if dataset in SPLITS:
+        return dict.fromkeys(SPLITS[dataset])
+    return None
+
+
+def _duplicates(values) -> list:
+    return [v for v, n in Counter(values).items() if n > 1]
+
+
+def check_references(s) -> list[tuple[str, str]]:
+    """``[(dotted key, problem)]`` of :class:`~cliplens.core.settings.Settings` ``s`` (see the
+    module docstring); empty when everything it names exists and agrees."""
+    from ..data.tasks import TASKS
+    from ..models.layout import planned_layout, resolve_layer, resolve_layers
+
+    out: list[tuple[str, str]] = []
+    bad_models = set()
+    for key, spec in _model_refs(s):
+        why = model_problem(spec, s.toy_models)
+        if why:
+            out.append((key, why))
+            bad_models.add(spec)
+
+    for key, values in (("zeroshot.models", s.zeroshot.models),
+                        ("zeroshot.tasks", s.zeroshot.tasks),
+                        ("inversion.extractors", s.inversion.extractors),
+                        ("inversion.similarity.scorers", s.inversion.similarity.scorers),
+                        ("heads.models", s.heads.models), ("heads.tasks", s.heads.tasks),
+                        ("toy.spurious.classes", s.toy.spurious.classes)):
+        dup = _duplicates(values)
+        if dup:
+            out.append((key, f"names {dup} more than once; each may appear once"))
+
+    # tasks
+    task_refs = [*((f"zeroshot.tasks[{i}]", t) for i, t in enumerate(s.zeroshot.tasks)),
+                 *((f"heads.tasks[{i}]", t) for i, t in enumerate(s.heads.tasks)),
+                 ("heads.segmentation.task", s.heads.segmentation.task)]
+    if s.heads.spurious.task is not None:
+        task_refs.append(("heads.spurious.task", s.heads.spurious.task))
+    for key, task in task_refs:
+        if task not in TASKS:
+            out.append((key, f"unknown zero-shot task {task!r}; known: {sorted(TASKS)}"))
+    for task in s.zeroshot.templates:
+        if task not in s.zeroshot.tasks:
+            out.append((f"zeroshot.templates.{task}",
+                        f"templates for {task!r}, which zeroshot.tasks does not evaluate "
+                        f"({list(s.zeroshot.tasks)})"))
+    if s.heads.spurious.task is not None and s.heads.spurious.task not in (
+            "toy-spurious", "waterbirds"):
+        out.append(("heads.spurious.task", "must be toy-spurious or waterbirds (a task with "
+                                           "a spurious attribute), or null"))
+
+    # datasets and splits
+    inv, ops, hs = s.inversion, s.inversion.operators, s.heads
+    spur_ds = TASKS[hs.spurious.task].dataset if hs.spurious.task in TASKS else None
+    split_refs = [("heads.fit", hs.fit.dataset, hs.fit.split),
+                  ("heads.segmentation", hs.segmentation.dataset, hs.segmentation.split),
+                  ("inversion", inv.dataset, inv.train_split),
+                  ("inversion", inv.dataset, inv.eval_split),
+                  ("inversion.operators", ops.dataset, ops.train_split),
+                  ("inversion.operators", ops.dataset, ops.test_split)]
+    if spur_ds is not None:
+        split_refs.append(("heads.spurious.fit_split", spur_ds, hs.spurious.fit_split))
+    if hs.factors.enabled and hs.fit.dataset.startswith("toy"):
+        split_refs.append(("heads.factors", hs.fit.dataset, hs.factors.split))
+    seen_ds = set()
+    for key, dataset, split in split_refs:
+        splits = _splits_of(dataset, s.toy)
+        if splits is None:
+            if (key, dataset) not in seen_ds:
+                from ..data.registry import known_datasets
+
+                out.append((f"{key}.dataset" if not key.endswith("_split") else key,
+                            f"unknown dataset {dataset!r}; known: {sorted(known_datasets())}"))
+                seen_ds.add((key, dataset))
+        elif split not in splits:
+            where = key if key.endswith("_split") else f"{key} split"
+            out.append((where, f"dataset {dataset!r} has no split {split!r}; it has "
+                               f"{sorted(splits)}"))
+
+    # layers and heads of the towers known before loading
+    if inv.operators.model not in inv.extractors:
+        out.append(("inversion.operators.model",
+                    f"{inv.operators.model!r} is not one of inversion.extractors "
+                    f"{list(inv.extractors)}: the operators run on an extractor's "
+                    "reconstructor"))
+    for spec in inv.extractors:
+        lay = None if spec in bad_models else planned_layout(spec, s.toy_models)
+        if lay is not None:
+            try:
+                resolve_layer(inv.layer, lay.blocks)
+            except ValueError as err:
+                out.append(("inversion.layer", f"{spec}: {err}"))
+    for spec in hs.models:
+        lay = None if spec in bad_models else planned_layout(spec, s.toy_models)
+        if lay is None:
+            continue
+        try:
+            kept = resolve_layers(hs.layers, lay.blocks)
+        except ValueError as err:
+            out.append(("heads.layers", f"{spec}: {err}"))
+            continue
+        mapped = tuple(range(lay.blocks - min(hs.segmentation.layers, lay.blocks), lay.blocks))
+        for key, pairs, layers, what in (
+                ("heads.segmentation.heads", hs.segmentation.heads, mapped,
+                 "the last heads.segmentation.layers blocks"),
+                ("heads.neighbours.heads", hs.neighbours.heads, kept, "its kept layers"),
+                ("heads.spurious.heads", hs.spurious.heads, kept, "its kept layers")):
+            wrong = [list(p) for p in pairs if p[0] not in layers or not 0 <= p[1] < lay.heads]
+            if wrong:
+                out.append((key, f"{spec}: {wrong} are not [layer, head] pairs of {what} "
+                                 f"{list(layers)} x heads 0..{lay.heads - 1}"))
+
+    # counts that contradict each other
+    ts = hs.textspan
+    if ts.replace_n_texts and max(ts.replace_n_texts) > ts.n_texts:
+        out.append(("heads.textspan.replace_n_texts",
+                    f"asks for {max(ts.replace_n_texts)} texts per head, but "
+                    f"heads.textspan.n_texts = {ts.n_texts} are chosen"))
+    return out
+
+
+def results_problem(results: str) -> str | None:
+    """Why outputs cannot be written under folder ``results`` (None when they can): it is a
+    file, or neither it nor its nearest existing parent is a writable directory."""
+    import os
+
+    path = Path(results).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a directory"
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path} cannot be created: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user, so nothing can be written under {path}"
+    return None
+
+
+def planned_shards(requested: int, dataset: str, split: str, batch_size: int, toy: Any,
+                   rows: int | None = None) -> tuple[int, str | None]:
+    """The shard count a cache of ``dataset``/``split`` (its first ``rows``) is cut into: at most
+    one shard per ``batch_size`` batch of the rows when they are known before anything runs
+    (toy splits), since shards are cut on batch boundaries and more would be empty.  Returns
+    (count, a sentence stating the cap, or None)."""
+    sizes = _splits_of(dataset, toy) or {}
+    n = sizes.get(split)
+    if n is None:
+        return requested, None
+    n = n if rows is None else min(n, rows)
+    most = max(1, -(-n // batch_size))
+    if requested <= most:
+        return requested, None
+    return most, (f"{requested} shards requested for the {n} rows of {dataset}/{split} in "
+                  f"{batch_size}-row batches: capped at {most} (more would be empty)")
