@@ -4,6 +4,7 @@ image view: a stored array of a toy dataset, else the transform applied on the f
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 from ..toy import world
 from .base import ImageDataset
+
+log = logging.getLogger("cliplens")
 
 #: image views; every key but "images" is a colour transform (study 000's colour operators)
 VIEW_KEYS = ("images", "images_rb_swap", "images_b_suppressed", "images_gray")
@@ -115,4 +118,8 @@ def open_view(
         if image_key != "images":
             ds = TransformedView(ds, image_key, blue_factor)
     n = parse_rows(rows)
+    if n is not None and n > len(ds):
+        log.warning("%s/%s has %d images, fewer than the %d asked for: using all %d (recorded "
+                    "as n and of_n in the outputs' provenance)", name, split, len(ds), n,
+                    len(ds))
     return ds if n is None else FirstRows(ds, n)

@@ -114,8 +114,18 @@ def run_textspan(*, spec: str, cfg: Mapping[str, Any], fit: str, texts: str, out
                   "explained": e}
                  for r, (t, sc, e) in enumerate(zip(entry["texts"], res.variance, res.explained))]
         lines += head_report(f"L{layer}.H{h}", entry, cfg.pc_mass)
+    chosen = [len(h["texts"]) for h in out_heads]
+    most = min(cfg.n_texts, len(texts), D, D if nc is None else nc)
+    if chosen and max(chosen) < cfg.n_texts:
+        cap = (f"heads.textspan.n_texts = {cfg.n_texts} asked, {min(chosen)}..{max(chosen)} "
+               f"texts chosen per head: TextSpan picks at most min({len(texts)} candidate "
+               f"texts, embedding dim {D}, n_components {nc}) = {most} directions, and stops "
+               "when the texts left span none of the head's remaining variance")
+        log.warning("%s: %s", spec, cap)
+        lines.insert(1, f"({cap})\n")
     result = {"model": spec, "dataset": prov.get("dataset"), "split": prov.get("split"),
               "images": int(len(dec["index"])), "n_texts_available": len(texts),
+              "n_texts_asked": int(cfg.n_texts), "n_texts_chosen": chosen,
               "text_sets": list(dict.fromkeys(sources)), "config": cfg.to_dict(),
               "heads": out_heads}
     write_npz(out_npz, arrays)
@@ -123,7 +133,8 @@ def run_textspan(*, spec: str, cfg: Mapping[str, Any], fit: str, texts: str, out
     write_text_atomic(out_txt, "\n".join(lines) + "\n")
     write_table(out_csv, pd.DataFrame(
         rows, columns=["layer", "head", "rank", "text", "score", "explained"]))
-    log.info("%s: %d heads explained with %d texts each", spec, len(out_heads), cfg.n_texts)
+    log.info("%s: %d heads explained with %s texts each (n_texts %d)", spec, len(out_heads),
+             f"{min(chosen)}..{max(chosen)}" if chosen else 0, cfg.n_texts)
     return result
 
 
@@ -149,8 +160,12 @@ def run_replacement(*, spec: str, load: Mapping[str, Any], cfg: Mapping[str, Any
     n_max = max(cfg.replace_n_texts)
     short = [f"L{l}.H{h}" for (l, h), (B, _) in fits.items() if len(B) < n_max]
     if short:
+        found = min(len(B) for B, _ in fits.values())
+        advice = ("raise heads.textspan.n_texts" if cfg.n_texts < n_max else
+                  f"TextSpan found no more (see textspan.txt): lower "
+                  f"heads.textspan.replace_n_texts to at most {found}")
         raise ValueError(f"heads.textspan.replace_n_texts asks for {n_max} texts but TextSpan "
-                         f"chose fewer for {short}: raise heads.textspan.n_texts")
+                         f"chose fewer for {short} ({found} for the fewest): {advice}")
     heads_ix = list(fits)
     rows = []
     for task, path in caches.items():
