@@ -80,6 +80,20 @@ def private_dir(parent: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+def apply_umask_modes(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything below it the umask's modes (:func:`umask_mode`): for a
+    folder written by a library that creates private files (transformers' ``save_pretrained``
+    writes its safetensors 0600) before it is renamed into place as an output."""
+    root = Path(root)
+    file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
+    os.chmod(root, dir_mode if root.is_dir() else file_mode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), dir_mode)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), file_mode)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it, give it the umask's file mode

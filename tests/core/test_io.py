@@ -63,9 +63,10 @@ def umask():
                                                      (0o027, 0o640, 0o750),
                                                      (0o002, 0o664, 0o775)])
 def test_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    import os
     import stat
 
-    from cliplens.core.io import private_dir, write_json_atomic
+    from cliplens.core.io import apply_umask_modes, private_dir, write_json_atomic
 
     umask(mask)
     write_json_atomic(tmp_path / "a" / "out.json", {"x": 1})
@@ -73,3 +74,10 @@ def test_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
     assert stat.S_IMODE((tmp_path / "a" / "out.json").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == dir_mode
     assert stat.S_IMODE(d.stat().st_mode) == dir_mode
+    # a library's private files (safetensors are written 0600) get the umask's modes too
+    (d / "sub").mkdir(mode=0o700)
+    (d / "sub" / "w.safetensors").write_bytes(b"x")
+    os.chmod(d / "sub" / "w.safetensors", 0o600)
+    apply_umask_modes(d)
+    assert stat.S_IMODE((d / "sub").stat().st_mode) == dir_mode
+    assert stat.S_IMODE((d / "sub" / "w.safetensors").stat().st_mode) == file_mode

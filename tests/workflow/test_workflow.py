@@ -14,11 +14,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def snakemake(workdir, *args, timeout=900):
+def snakemake(workdir, *args, timeout=900, umask=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
            *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    pre = None if umask is None else (lambda: os.umask(umask))
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                          preexec_fn=pre)
 
 
 def job_stats(text):
@@ -85,9 +87,21 @@ def test_tiny_config_runs_end_to_end(tmp_path):
 
     from cliplens.studies.heads.store import read_decomposition
 
-    out = snakemake(tmp_path, "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
+    out = snakemake(tmp_path, "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"),
+                    umask=0o022)
     assert out.returncode == 0, out.stderr[-6000:]
     res = tmp_path / "results"
+
+    # Outputs follow the umask (0644 files, 0755 folders), written atomically through temp files.
+    for path in res.rglob("*"):
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+    # No job warns about something the workflow could have prevented.
+    for log in (res / "logs").rglob("*.log"):
+        warned = [ln for ln in log.read_text().splitlines() if "warn" in ln.lower()]
+        assert not warned, (log, warned)
 
     # Zero-shot: the table (the data of its heatmap) holds every (model, task) result.
     rows = list(csv.DictReader((res / "tables/zeroshot/accuracy.csv").open()))
@@ -202,6 +216,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
                 "spurious.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
+    assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
 
     # Editing one value reruns exactly the jobs that depend on it (Snakemake's own dry run).
     edits = {
@@ -218,7 +233,12 @@ def test_tiny_config_runs_end_to_end(tmp_path):
                    "zeroshot_figure": 1, "all": 1}),
         "unused dataset": ({"toy": {"shift": {"n_per_year": 31}}}, {}),
         # TextSpan's number of texts: no decomposition, text embedding, ablation or spurious job
-        "textspan texts": ({"heads": {"textspan": {"n_texts": 2}}}, {**HEADS_JOBS, "all": 1}),
+        "textspan texts": ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 2]}}},
+                           {**HEADS_JOBS, "all": 1}),
+        # settings that cannot change a result rerun nothing
+        "hf_home": ({"hf_home": str(tmp_path / "elsewhere")}, {}),
+        "device": ({"device": "cpu"}, {}),
+        "threads": ({"inversion": {"train": {"threads": 1}}}, {}),
         # a reconstructor setting retrains both reconstructors but re-extracts no tokens
         "inversion steps": ({"inversion": {"train": {"steps": 21}}},
                             {"inversion_train": 2, "inversion_reconstruct": 2, "inversion_score": 1,

@@ -14,7 +14,15 @@ from typing import Any, Mapping
 
 import torch
 
-from ..io import atomic_path, corrupt, rebuild_hint, sha256_file, write_json_atomic
+from ..io import (
+    apply_umask_modes,
+    atomic_path,
+    corrupt,
+    rebuild_hint,
+    sha256_file,
+    write_json_atomic,
+)
+
 
 class _DefaultSiglipTextConfigNoise(logging.Filter):
     """Drops one transformers warning that is about transformers' own defaults, not about the
@@ -104,6 +112,7 @@ def save_transformers_dir(model, image_processor, tokenizer, path: str | os.Path
         model.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        apply_umask_modes(tmp)
         for f in tmp.iterdir():
             os.replace(f, path / f.name)
     finally:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import private_dir
+from ..io import apply_umask_modes, private_dir
 from ..settings import ToyModelSettings, ToyTrain
 from ..train import TrainLoop
 from .batching import BatchSampler, partial_caption_set
@@ -235,6 +235,7 @@ def save_toy_model(toy: ToyModel, meta: Mapping[str, Any], out_dir: str | os.Pat
     try:
         toy.save(tmp)
         write_model_meta(tmp, {**meta, DIGESTS: file_digests(tmp)})
+        apply_umask_modes(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
