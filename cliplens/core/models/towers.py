@@ -294,17 +294,28 @@ class OpenClipResNet(_OpenClipTower):
         ap = self.module.attnpool
         return ap.c_proj.weight.T, ap.c_proj.bias
 
-    def pool(self, x, valid=None):
-        """The attention pool of a feature map ``x`` [B, C, H, W], from its weights."""
+    def pool_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention pool's input and pattern for a feature map ``x`` [B, C, H, W]:
+        tokens ``t`` [B, 1 + HW, C] (the map's mean, then its HW positions, the positional
+        embedding added to each) and ``a`` [B, heads, 1 + HW], each head's softmax attention
+        of the mean token's query over them.  The pool's output is then
+        ``sum_h Wo_h (Wv_h sum_p a_h(p) t(p) + bv_h) + bo``."""
         p = self.attention_pool()
         b, c = x.shape[:2]
         t = x.reshape(b, c, -1).transpose(1, 2)                       # [B, HW, C]
         t = torch.cat([t.mean(1, keepdim=True), t], 1) + p.positional.to(t.dtype)
-        q = split_heads(F.linear(t[:, :1], p.wq, p.bq), p.heads)
-        k = split_heads(F.linear(t, p.wk, p.bk), p.heads)
-        v = split_heads(F.linear(t, p.wv, p.bv), p.heads)
-        z = F.scaled_dot_product_attention(q, k, v, scale=p.scale)    # [B, H, 1, dh]
-        return F.linear(z.transpose(1, 2).reshape(b, -1), p.wo, p.bo)
+        q = split_heads(F.linear(t[:, :1], p.wq, p.bq), p.heads)      # [B, H, 1, dh]
+        k = split_heads(F.linear(t, p.wk, p.bk), p.heads)             # [B, H, T, dh]
+        a = torch.softmax(p.scale * (q @ k.transpose(-1, -2)), dim=-1)[:, :, 0]
+        return t, a
+
+    def pool(self, x, valid=None):
+        """The attention pool of a feature map ``x`` [B, C, H, W], from its weights."""
+        p = self.attention_pool()
+        t, a = self.pool_attention(x)
+        v = split_heads(F.linear(t, p.wv, p.bv), p.heads)             # [B, H, T, dh]
+        z = torch.einsum("bht,bhtk->bhk", a, v)                       # [B, H, dh]
+        return F.linear(z.reshape(z.shape[0], -1), p.wo, p.bo)
 
 
 class OpenClipTimm(_OpenClipTower):
