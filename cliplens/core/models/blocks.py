@@ -64,6 +64,11 @@ class AttentionBlock(AttentionWeights):
     ls2: torch.Tensor | None = None
     wqkv: torch.Tensor | None = None  # [3D, D] when q, k, v come from one fused projection
     bqkv: torch.Tensor | None = None
+    # the MLP as ``mlp_out(mlp_act(mlp_in(.)))`` where the tower knows its pieces: neuron n's
+    # activation is ``mlp_act(mlp_in(LN2(x)))[..., n]``, its write ``mlp_out.weight[:, n]``
+    mlp_in: torch.nn.Linear | None = None
+    mlp_act: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mlp_out: torch.nn.Linear | None = None
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> BlockRun:
         """The block on ``x`` [B, T, D]; ``mask`` (bool, True = attend) broadcast to
@@ -86,6 +91,20 @@ class AttentionBlock(AttentionWeights):
         if self.ls2 is not None:
             m = m * self.ls2
         return BlockRun(x + m, q, k, v, z, a, m)
+
+    def neurons(self, x_mid: torch.Tensor) -> torch.Tensor:
+        """The MLP's neuron activations phi [B, T, N] on the stream after attention ``x_mid``
+        [B, T, D] (``BlockRun.x - BlockRun.m``): ``m = ls2 * (phi @ W_out^T + b_out)``."""
+        if self.mlp_in is None or self.mlp_act is None or self.mlp_out is None:
+            raise NotImplementedError("this block's MLP is not a Linear-activation-Linear stack")
+        return self.mlp_act(self.mlp_in(self.ln2(x_mid)))
+
+    def neuron_writes(self, dtype) -> torch.Tensor:
+        """W_out [D, N] with LayerScale folded in: neuron n adds ``phi_n * W[:, n]``."""
+        if self.mlp_out is None:
+            raise NotImplementedError("this block's MLP is not a Linear-activation-Linear stack")
+        w = self.mlp_out.weight.to(dtype)
+        return w if self.ls2 is None else w * self.ls2.to(dtype)[:, None]
 
     def out_per_head(self, dtype) -> torch.Tensor:
         """Out-projection per head [H, dh, D] (LayerScale folded in): head h writes
@@ -133,6 +152,21 @@ class AttentionPool(AttentionWeights):
     positional: torch.Tensor | None = None
     norm: Callable[[torch.Tensor], torch.Tensor] | None = None
     mlp: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def ln_affine(ln, d: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(gamma [d], beta [d], eps) of a LayerNorm module (ones / zeros where it has no affine
+    part); NotImplementedError for other norms (RMSNorm has no centring to linearise)."""
+    if not isinstance(ln, torch.nn.LayerNorm):
+        raise NotImplementedError(f"norm {type(ln).__name__} is not a LayerNorm")
+    g = torch.ones(d, dtype=dtype, device=device) if ln.weight is None else ln.weight.to(dtype)
+    b = torch.zeros(d, dtype=dtype, device=device) if ln.bias is None else ln.bias.to(dtype)
+    return g, b, float(ln.eps)
+
+
+def ln_std(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm's sigma: sqrt(biased variance over the last axis + eps)."""
+    return torch.sqrt(x.var(dim=-1, unbiased=False) + eps)
 
 
 def layer_scale(mod) -> torch.Tensor | None:

@@ -50,6 +50,16 @@ class _Captured(Exception):
         self.value = value
 
 
+def _mlp_parts(mlp, fc_in: str, act: str, fc_out: str) -> dict:
+    """``mlp_in``, ``mlp_act``, ``mlp_out`` of an MLP built as Linear, activation, Linear (the
+    names the library gives them); empty when it is built otherwise (neurons then unavailable)."""
+    parts = [getattr(mlp, n, None) for n in (fc_in, act, fc_out)]
+    if not (isinstance(parts[0], torch.nn.Linear) and isinstance(parts[2], torch.nn.Linear)
+            and callable(parts[1])):
+        return {}
+    return dict(zip(("mlp_in", "mlp_act", "mlp_out"), parts))
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -244,7 +254,8 @@ class OpenClipViT(_OpenClipTower):
                 ln1=block.ln_1, ln2=block.ln_2, mlp=block.mlp, wq=wq, bq=bq, wk=wk, bk=bk,
                 wv=wv, bv=bv, wo=wo, bo=bo, heads=heads, scale=scale,
                 ls1=layer_scale(block.ls_1), ls2=layer_scale(block.ls_2),
-                wqkv=block.attn.in_proj_weight, bqkv=block.attn.in_proj_bias))
+                wqkv=block.attn.in_proj_weight, bqkv=block.attn.in_proj_bias,
+                **_mlp_parts(block.mlp, "c_fc", "gelu", "c_proj")))
         return out
 
     def patch_size(self) -> int:
@@ -366,7 +377,8 @@ class HFViT(VisionTower):
                 ln1=layer.layer_norm1, ln2=layer.layer_norm2, mlp=layer.mlp,
                 wq=attn.q_proj.weight, bq=attn.q_proj.bias, wk=attn.k_proj.weight,
                 bk=attn.k_proj.bias, wv=attn.v_proj.weight, bv=attn.v_proj.bias,
-                wo=attn.out_proj.weight, bo=attn.out_proj.bias, heads=heads, scale=scale))
+                wo=attn.out_proj.weight, bo=attn.out_proj.bias, heads=heads, scale=scale,
+                **_mlp_parts(layer.mlp, "fc1", "activation_fn", "fc2")))
         return out
 
     def patch_size(self) -> int:

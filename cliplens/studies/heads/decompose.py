@@ -92,7 +92,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.models.base import ClipModel
-from ...core.models.blocks import resolve_layers
+from ...core.models.blocks import ln_affine, ln_std, resolve_layers
 
 __all__ = ["Decomposition", "decompose", "resolve_layers"]
 
@@ -162,20 +162,6 @@ class Decomposition:
 
 
 
-def _ln_affine(ln, d: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(gamma, beta, eps) of a LayerNorm module (1 / 0 where it has no affine part)."""
-    if not isinstance(ln, torch.nn.LayerNorm):
-        raise NotImplementedError(f"final norm {type(ln).__name__} is not a LayerNorm")
-    g = torch.ones(d, dtype=dtype, device=device) if ln.weight is None else ln.weight.to(dtype)
-    b = torch.zeros(d, dtype=dtype, device=device) if ln.bias is None else ln.bias.to(dtype)
-    return g, b, float(ln.eps)
-
-
-def _std(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm's sigma: sqrt(biased variance over the last axis + eps)."""
-    return torch.sqrt(x.var(dim=-1, unbiased=False) + eps)
-
-
 def _decompose_cls(x0, blocks, ln_post, proj, proj_bias, kept, per_token, cdt):
     """x0 [B, T, D] embedded tokens; proj [D, Dout] or None; returns a Decomposition.
 
@@ -184,7 +170,7 @@ def _decompose_cls(x0, blocks, ln_post, proj, proj_bias, kept, per_token, cdt):
     ``P / sigma`` run once, batched over layers, after the forward (sigma is known only then)."""
     B, T, D = x0.shape
     dev = x0.device
-    gamma, beta, eps = _ln_affine(ln_post, D, cdt, dev)
+    gamma, beta, eps = ln_affine(ln_post, D, cdt, dev)
     proj_c = torch.eye(D, dtype=cdt, device=dev) if proj is None else proj.to(cdt)
     G = gamma[:, None] * proj_c
     P = G - G.mean(dim=0, keepdim=True)  # Cent diag(gamma) proj  [D, Dout]
@@ -217,7 +203,7 @@ def _decompose_cls(x0, blocks, ln_post, proj, proj_bias, kept, per_token, cdt):
             tokens[:, len(a0s) - 1] = torch.einsum("bhtk,hke->bhte", v.to(cdt), WP).mul_(
                 a0[..., None])
         del q, k, v, z, a, m
-    sigma = _std(x[:, 0].to(cdt), eps)                             # [B]
+    sigma = ln_std(x[:, 0].to(cdt), eps)                             # [B]
     s = sigma[:, None]
     if Lk:
         W = torch.stack([blocks[l].out_per_head(cdt) for l in kept])          # [Lk, H, dh, D]
@@ -271,8 +257,8 @@ def _decompose_attn_pool(tower, pixels, kept_arg, per_token, cdt):
             store.append((blk, z, m, (q, k, v) if per_token else None))
 
     # final LayerNorm statistics and the pooling attention, recorded on this forward
-    gamma, beta, eps = _ln_affine(tower.final_norm, D, cdt, dev)
-    sigma = _std(x.to(cdt), eps)                                     # [B, T]
+    gamma, beta, eps = ln_affine(tower.final_norm, D, cdt, dev)
+    sigma = ln_std(x.to(cdt), eps)                                     # [B, T]
     y = tower.final_norm(x)
     wq, bq, wk, bk, wv, bv = pool.wq, pool.bq, pool.wk, pool.bk, pool.wv, pool.bv
     wo_p, bo_p, Hp, scale_p = pool.wo, pool.bo, pool.heads, pool.scale

@@ -149,3 +149,21 @@ def test_layer_indexing():
     assert resolve_layers([-1, 0, 0], 3) == (0, 2)
     with pytest.raises(ValueError, match="outside the 3 blocks"):
         resolve_layers([3], 3)
+
+
+@pytest.mark.parametrize("name", ["open_clip ViT, LayerScale + QuickGELU", "toy clip-vit",
+                                  "transformers CLIP", "SigLIP"])
+def test_mlp_neurons_rebuild_the_mlp_output(name):
+    """Neuron activations phi and their writes W (LayerScale folded in) give the block's MLP
+    output: m = phi @ W^T + ls2 * b_out."""
+    model = VITS[name]()
+    tower = model.tower
+    with torch.no_grad():
+        x, _ = tower.embed(tm.pixels(model, 2))
+        blk = tower.blocks()[0]
+        run = blk.run(x)
+        phi = blk.neurons(run.x - run.m)
+        w = blk.neuron_writes(x.dtype)
+        bias = blk.mlp_out.bias if blk.ls2 is None else blk.mlp_out.bias * blk.ls2
+        torch.testing.assert_close(phi @ w.T + bias, run.m, rtol=1e-4, atol=1e-6)
+    assert phi.shape[-1] == w.shape[1] == blk.mlp_in.out_features
