@@ -90,7 +90,7 @@ rule heads_texts:
         sources=list(HEADS.textspan.text_sets),
         n_words=HEADS.textspan.n_words,
     script:
-        "../workflow_scripts/heads/heads_texts.py"
+        "../workflow_scripts/caches/texts.py"
 
 
 rule heads_textspan:

@@ -165,6 +165,20 @@ def run_cache_shard(*, spec: str, load: Mapping[str, Any], dataset: str, split: 
                               dtype=dtype, normalize=normalize)
 
 
+def run_texts(*, spec: str, load: Mapping[str, Any], sources: Sequence[str], n_words: int,
+              out: str) -> int:
+    """Embed every text of ``sources`` (pooled, duplicates dropped, the first source kept) with
+    model ``spec`` into ``out`` (:func:`~cliplens.core.text.textsets.write_texts`); returns the
+    number of texts."""
+    from .models.registry import load_model
+    from .text.textsets import embed_texts, pooled_text_sets, write_texts
+
+    texts, origin = pooled_text_sets(sources, n_words)
+    write_texts(out, spec, texts, origin, embed_texts(load_model(spec, **load), texts))
+    log.info("%s: %d texts from %s", spec, len(texts), ", ".join(sources))
+    return len(texts)
+
+
 def run_gather(*, shards: Sequence[str], out: str) -> dict[str, Any]:
     """Join the shards of one row cache (embeddings, tokens, decomposition, ...) into a file of
     HDF5 virtual datasets."""

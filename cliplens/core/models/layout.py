@@ -94,3 +94,32 @@ def planned_layout(spec: str, toy_models: Mapping[str, Any]) -> TowerLayout | No
         width = int(vision.get("width", 768))
         return TowerLayout(int(vision["layers"]), width // int(vision.get("head_width", 64)))
     return None
+
+
+def planned_tower(spec: str, toy_models: Mapping[str, Any]) -> tuple[str, int | None] | None:
+    """(kind, embedding width) of model ``spec``'s vision tower when known before loading;
+    kind is ``"vit"`` (class-token ViT), ``"resnet"`` (CLIP ModifiedResNet with attention
+    pooling), ``"siglip"`` (attention-pooled ViT) or ``"timm"``.  None for hub and local models
+    (the job checks those)."""
+    parsed = parse_model_spec(spec)
+    if parsed.scheme == "toy":
+        cfg = toy_models.get(parsed.name)
+        if cfg is None:
+            return None
+        if getattr(cfg, "library", "open_clip") == "transformers":
+            return ("vit" if getattr(cfg, "family", "") == "clip" else "siglip"), int(cfg.embed_dim)
+        return ("resnet" if getattr(cfg, "arch", "vit") == "resnet" else "vit"), int(cfg.embed_dim)
+    if parsed.scheme == "open_clip":
+        mc = open_clip_model_config(parsed.name)
+        if mc is None:
+            return None
+        vision = mc.get("vision_cfg", {})
+        width = mc.get("embed_dim")
+        if "timm_model_name" in vision:
+            return "timm", width
+        if isinstance(vision.get("layers"), (list, tuple)):
+            return "resnet", width
+        if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok":
+            return "other", width
+        return "vit", width
+    return None

@@ -24,6 +24,7 @@ from ..config import ConfigError, validate_config
 from .base import Section, plain, schema_at
 from .heads import (FactorSettings, HeadsFit, HeadsSettings, NeighbourSettings,
                     SegmentationSettings, SpuriousSettings, TextSpanSettings)
+from .neurons import NeuronComponents, NeuronSparse, NeuronsSettings, NeuronTable
 from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
@@ -35,6 +36,7 @@ from .toy import (Batching, ColourOpsWorld, ImageObjective, PartialCaptions, Shi
 __all__ = [
     "Batching", "CacheSettings", "ColourOpsWorld", "FactorSettings", "HeadsFit", "HeadsSettings",
     "ImageObjective", "InversionFigure", "InversionSettings", "NeighbourSettings",
+    "NeuronComponents", "NeuronSparse", "NeuronTable", "NeuronsSettings",
     "OperatorSettings", "PartialCaptions", "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",
@@ -59,6 +61,7 @@ class Settings(Section):
     cache: CacheSettings
     inversion: InversionSettings
     heads: HeadsSettings
+    neurons: NeuronsSettings
 
     def check(self, where: str) -> None:
         """Each section's own checks, then what the config names against what exists

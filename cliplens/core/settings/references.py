@@ -30,6 +30,7 @@ def _model_refs(s) -> Iterator[tuple[str, str]]:
                 for i, m in enumerate(inv.similarity.scorers))
     yield "inversion.operators.model", inv.operators.model
     yield from ((f"heads.models[{i}]", m) for i, m in enumerate(heads.models))
+    yield from ((f"neurons.models[{i}]", m) for i, m in enumerate(s.neurons.models))
 
 
 def model_problem(spec: str, toy_models) -> str | None:
@@ -91,6 +92,8 @@ def check_references(s) -> list[tuple[str, str]]:
                         ("inversion.extractors", s.inversion.extractors),
                         ("inversion.similarity.scorers", s.inversion.similarity.scorers),
                         ("heads.models", s.heads.models), ("heads.tasks", s.heads.tasks),
+                        ("neurons.models", s.neurons.models),
+                        ("neurons.sparse.text_sets", s.neurons.sparse.text_sets),
                         ("toy.spurious.classes", s.toy.spurious.classes)):
         dup = _duplicates(values)
         if dup:
@@ -123,7 +126,8 @@ def check_references(s) -> list[tuple[str, str]]:
                   ("inversion", inv.dataset, inv.train_split),
                   ("inversion", inv.dataset, inv.eval_split),
                   ("inversion.operators", ops.dataset, ops.train_split),
-                  ("inversion.operators", ops.dataset, ops.test_split)]
+                  ("inversion.operators", ops.dataset, ops.test_split),
+                  ("neurons", s.neurons.dataset, s.neurons.split)]
     if spur_ds is not None:
         split_refs.append(("heads.spurious.fit_split", spur_ds, hs.spurious.fit_split))
     if hs.factors.enabled and hs.fit.dataset.startswith("toy"):
@@ -176,12 +180,80 @@ def check_references(s) -> list[tuple[str, str]]:
                 out.append((key, f"{spec}: {wrong} are not [layer, head] pairs of {what} "
                                  f"{list(layers)} x heads 0..{lay.heads - 1}"))
 
+    out += _neuron_problems(s, bad_models)
+
     # counts that contradict each other
     ts = hs.textspan
     if ts.replace_n_texts and max(ts.replace_n_texts) > ts.n_texts:
         out.append(("heads.textspan.replace_n_texts",
                     f"asks for {max(ts.replace_n_texts)} texts per head, but "
                     f"heads.textspan.n_texts = {ts.n_texts} are chosen"))
+    return out
+
+
+#: texts of the builtin sets whose size is fixed (clip-words has neurons.sparse.n_words at most)
+_BUILTIN_SIZES = {"imagenet-classes": 1000, "pascal-context": 59}
+
+
+def _text_count(sources, n_words: int) -> int | None:
+    """How many texts ``sources`` give at most (None when a file is missing: the job says)."""
+    from ..text.textsets import read_text_file, toy_descriptions, toy_words
+
+    seen: set[str] = set()
+    count = 0
+    for src in sources:
+        kind, _, arg = src.partition(":")
+        if kind == "file":
+            if not Path(arg).is_file():
+                return None
+            seen.update(read_text_file(arg))
+        elif arg == "clip-words":
+            count += n_words
+        elif arg in _BUILTIN_SIZES:
+            count += _BUILTIN_SIZES[arg]
+        else:
+            seen.update(toy_words() if arg == "toy-words" else toy_descriptions())
+    return count + len(seen)
+
+
+def _neuron_problems(s, bad_models) -> list[tuple[str, str]]:
+    """Study 003: each model's tower must carry pairs (CLIP ResNet) or neurons (class-token
+    ViT), the ViT layer must exist, top-k must fit the images and k the texts and width."""
+    from ..models.layout import planned_layout, planned_tower
+
+    ns, out = s.neurons, []
+    for i, spec in enumerate(ns.models):
+        tower = None if spec in bad_models else planned_tower(spec, s.toy_models)
+        if tower is None:
+            continue
+        kind, width = tower
+        if kind not in ("vit", "resnet"):
+            out.append((f"neurons.models[{i}]",
+                        f"{spec} has a {kind} tower: study 003 follows the attention-pool pairs "
+                        "of a CLIP ResNet or the MLP neurons of a class-token ViT"))
+            continue
+        lay = planned_layout(spec, s.toy_models) if kind == "vit" else None
+        if lay is not None and not -lay.blocks <= ns.layer < lay.blocks:
+            out.append(("neurons.layer", f"{spec}: MLP layer {ns.layer} is outside its "
+                                         f"{lay.blocks} blocks (0..{lay.blocks - 1}, or "
+                                         f"-{lay.blocks}..-1)"))
+        if kind == "vit" and lay is not None and ns.layer in (lay.blocks - 1, -1):
+            out.append(("neurons.layer", f"{spec}: block {ns.layer} is the last; its neurons "
+                                         "have no later attention layer to pass through"))
+        if width is not None and ns.sparse.k > width:
+            out.append(("neurons.sparse.k", f"{spec}: k = {ns.sparse.k} texts per component, "
+                                            f"but its embeddings have width {width}"))
+    n_texts = _text_count(ns.sparse.text_sets, ns.sparse.n_words)
+    if n_texts is not None and ns.sparse.k > n_texts:
+        out.append(("neurons.sparse.k", f"k = {ns.sparse.k} texts per component, but "
+                                        f"neurons.sparse.text_sets give {n_texts}"))
+    n = (_splits_of(ns.dataset, s.toy) or {}).get(ns.split)
+    if n is not None:
+        n = n if ns.images is None else min(n, ns.images)
+        if ns.components.top_k > n:
+            out.append(("neurons.components.top_k",
+                        f"top {ns.components.top_k} images per unit, but the store holds "
+                        f"{n} images of {ns.dataset}/{ns.split}"))
     return out
 
 

@@ -10,7 +10,9 @@ A text set is a list of strings.  Sources (``load_text_set``):
 * ``builtin:toy-words`` — every phrase the toy world's captions use for a factor value
   (canonical names and synonyms: ``crimson``, ``disc``, ``at the left side`` ...);
 * ``builtin:toy-descriptions`` — short descriptions naming one or two factors
-  (``a red object``, ``a circle on the left``, ``a small shape on a dark background`` ...).
+  (``a red object``, ``a circle on the left``, ``a small shape on a dark background`` ...);
+* ``builtin:imagenet-classes`` — the 1,000 ImageNet class names open_clip ships;
+* ``builtin:pascal-context`` — the 59 PASCAL Context classes of its segmentation benchmark.
 
 Embeddings are unit-norm text embeddings of the model being explained (``embed_texts``).
 """
@@ -24,7 +26,17 @@ from typing import Sequence
 
 import numpy as np
 
-BUILTIN = ("clip-words", "toy-words", "toy-descriptions")
+BUILTIN = ("clip-words", "imagenet-classes", "pascal-context", "toy-words", "toy-descriptions")
+
+#: the 59 classes of PASCAL Context's segmentation benchmark (Mottaghi et al., 2014)
+PASCAL_CONTEXT_59 = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
+    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person",
+    "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign",
+    "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall",
+    "water", "window", "wood")
 
 
 def clip_vocabulary_words(n: int | None = 5000, min_len: int = 3) -> list[str]:
@@ -113,6 +125,12 @@ def load_text_set(source: str, n_words: int | None = 5000) -> list[str]:
     if kind == "builtin":
         if arg == "clip-words":
             return clip_vocabulary_words(n_words)
+        if arg == "imagenet-classes":
+            from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+            return list(dict.fromkeys(IMAGENET_CLASSNAMES))
+        if arg == "pascal-context":
+            return list(PASCAL_CONTEXT_59)
         if arg == "toy-words":
             return toy_words()
         if arg == "toy-descriptions":
@@ -131,3 +149,37 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 256) -> np.ndarra
             e = model.encode_text(list(texts[a:a + batch_size]), normalize=True)
             parts.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def write_texts(path: str | os.PathLike, spec: str, texts: Sequence[str],
+                sources: Sequence[str], embeddings: np.ndarray) -> None:
+    """A text set embedded by model ``spec`` (npz: ``texts``, ``sources``, ``embeddings``
+    [M, D] float32, ``model``), written atomically."""
+    from ..io import write_npz
+
+    write_npz(path, {"texts": np.asarray(list(texts)), "sources": np.asarray(list(sources)),
+                     "embeddings": np.asarray(embeddings, np.float32),
+                     "model": np.asarray(spec)})
+
+
+def read_texts(path: str | os.PathLike, spec: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """(texts, unit-norm embeddings [M, D], source of each text) of :func:`write_texts`;
+    refuses embeddings of another model."""
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["model"]) != spec:
+            raise ValueError(f"{path}: text embeddings of {z['model']}, not {spec}")
+        return [str(t) for t in z["texts"]], z["embeddings"].astype(np.float32), \
+            [str(s) for s in z["sources"]]
+
+
+def pooled_text_sets(sources: Sequence[str], n_words: int | None) -> tuple[list[str], list[str]]:
+    """(texts, source of each) of ``sources`` pooled in order, duplicates dropped (the first
+    source that gives a text keeps it)."""
+    texts, origin, seen = [], [], set()
+    for src in sources:
+        for t in load_text_set(src, n_words):
+            if t not in seen:
+                seen.add(t)
+                texts.append(t)
+                origin.append(src)
+    return texts, origin

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from ...core.io import (check_provenance, write_json_atomic, write_npz, write_ta
 from ...core.models.registry import load_model
 from ...core.settings import (NeighbourSettings, SegmentationSettings, SpuriousSettings,
                               TextSpanSettings)
-from ...core.text.textsets import embed_texts, load_text_set, text_factors
+from ...core.text.textsets import read_texts, text_factors
 from ...core.text.zeroshot import argmax_accuracy as accuracy
 from ...core.text.zeroshot import task_classifier
 from ...core.toy.world import FACTORS
@@ -35,7 +35,7 @@ from .analysis import (ablation_curves, balanced_rows, class_direction, group_ac
                        spurious_attribute, token_maps, variance_shares)
 from .figures import plot_ablation, plot_factors, plot_neighbours, plot_spatial_maps, plot_spurious
 from .store import (chosen_heads, explained_heads, extract_decomposition, layer_sums, load_heads,
-                    read_heads_cache, read_texts, rows_of, write_texts)
+                    read_heads_cache, rows_of)
 from .textspan import embeddings_from_terms, explain_head, head_report, project_on_basis
 
 log = logging.getLogger("cliplens")
@@ -59,23 +59,6 @@ def run_decompose_shard(*, spec: str, load: Mapping[str, Any], dataset: str, spl
     log.info("kept layers %s, %d heads each (%s)", prov["layers"], prov["heads"],
              prov["kind_decomposition"])
     return prov
-
-
-def run_texts(*, spec: str, load: Mapping[str, Any], sources: Sequence[str], n_words: int,
-              out: str) -> int:
-    """Embed every text of ``sources`` (pooled, duplicates dropped, the first source kept) with
-    model ``spec`` (:func:`~.store.write_texts`); returns the number of texts."""
-    texts, origin = [], []
-    seen = set()
-    for src in sources:
-        for t in load_text_set(src, n_words):
-            if t not in seen:
-                seen.add(t)
-                texts.append(t)
-                origin.append(src)
-    write_texts(out, spec, texts, origin, embed_texts(load_model(spec, **load), texts))
-    log.info("%s: %d texts from %s", spec, len(texts), ", ".join(sources))
-    return len(texts)
 
 
 # ---------------------------------------------------------------------------------------------

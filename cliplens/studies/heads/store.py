@@ -158,23 +158,3 @@ def load_heads(path: str | os.PathLike, spec: str, heads: Sequence[tuple[int, in
     out = {(l, h): dec["heads"][:, j[pos[l]], h].astype(np.float64) for l, h in heads}
     return out, {"index": dec["index"], "provenance": dec["provenance"]}
 
-
-def write_texts(path: str | os.PathLike, spec: str, texts: Sequence[str],
-                sources: Sequence[str], embeddings: np.ndarray) -> None:
-    """A text set embedded by model ``spec`` (npz: ``texts``, ``sources``, ``embeddings``
-    [M, D] float32, ``model``)."""
-    from ...core.io import write_npz
-
-    write_npz(path, {"texts": np.asarray(list(texts)), "sources": np.asarray(list(sources)),
-                     "embeddings": np.asarray(embeddings, np.float32),
-                     "model": np.asarray(spec)})
-
-
-def read_texts(path: str | os.PathLike, spec: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """(texts, unit-norm embeddings [M, D], source of each text) of :func:`write_texts`;
-    refuses embeddings of another model."""
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["model"]) != spec:
-            raise ValueError(f"{path}: text embeddings of {z['model']}, not {spec}")
-        return [str(t) for t in z["texts"]], z["embeddings"].astype(np.float32), \
-            [str(s) for s in z["sources"]]

@@ -65,3 +65,27 @@ def test_embeddings_are_the_normalised_text_embeddings_in_order():
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     ref = enc.encode_text(texts).float().numpy()
     np.testing.assert_allclose(emb, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_text_embeddings_round_trip_and_refuse_another_model(tmp_path):
+    emb = np.random.default_rng(0).normal(size=(3, 4))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    path = tmp_path / "texts.npz"
+    textsets.write_texts(path, "open_clip:tiny", ["a", "b c", "d"], ["words", "words", "file"], emb)
+    texts, got, sources = textsets.read_texts(path, "open_clip:tiny")
+    assert texts == ["a", "b c", "d"] and sources == ["words", "words", "file"]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, emb, rtol=1e-6)
+    with pytest.raises(ValueError, match="not open_clip:other"):
+        textsets.read_texts(path, "open_clip:other")
+
+
+def test_pooled_text_sets_keep_the_first_source_and_the_new_builtins():
+    from cliplens.core.text.textsets import PASCAL_CONTEXT_59, load_text_set, pooled_text_sets
+
+    assert len(PASCAL_CONTEXT_59) == len(set(PASCAL_CONTEXT_59)) == 59
+    imagenet = load_text_set("builtin:imagenet-classes")
+    assert len(imagenet) >= 990 and "goldfish" in imagenet
+    texts, origin = pooled_text_sets(["builtin:pascal-context", "builtin:imagenet-classes"], None)
+    assert texts[:59] == list(PASCAL_CONTEXT_59) and len(texts) == len(set(texts))
+    assert origin[texts.index("bicycle")] == "builtin:pascal-context"

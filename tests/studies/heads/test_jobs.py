@@ -9,12 +9,13 @@ import pytest
 
 from cliplens.core.data.tasks import get_task
 from cliplens.core.io import ProvenanceError
-from cliplens.core.jobs import run_gather
+from cliplens.core.jobs import run_gather, run_texts
 from cliplens.core.models.registry import load_model
 from cliplens.core.text.zeroshot import argmax_accuracy, task_classifier
 from cliplens.studies.heads import jobs
 from cliplens.studies.heads.analysis import nearest_neighbours
-from cliplens.studies.heads.store import load_heads, read_decomposition, read_texts
+from cliplens.core.text.textsets import read_texts
+from cliplens.studies.heads.store import load_heads, read_decomposition
 
 SPEC = "toy:clip-vit"
 
@@ -37,7 +38,7 @@ def study(tiny_world, tmp_path_factory):
                                      out=shards[-1])
         caches[(dataset, split)] = str(out / f"{dataset}.{split}.h5")
         run_gather(shards=shards, out=caches[(dataset, split)])
-    n = jobs.run_texts(spec=SPEC, load=tiny_world.load, sources=["builtin:toy-words"],
+    n = run_texts(spec=SPEC, load=tiny_world.load, sources=["builtin:toy-words"],
                        n_words=10, out=str(out / "texts.npz"))
     cfg = S.heads.textspan.replace(n_texts=3, replace_n_texts=[1, 3]).to_dict()
     ts = jobs.run_textspan(spec=SPEC, cfg=cfg, fit=caches[("toy", "val")],

@@ -20,9 +20,7 @@ from cliplens.studies.heads.store import (  # noqa: E402
     layer_sums,
     load_heads,
     read_decomposition,
-    read_texts,
     rows_of,
-    write_texts,
 )
 from tests.tiny_models import ArrayDataset, tiny_open_clip_vit, tiny_siglip  # noqa: E402
 
@@ -154,19 +152,6 @@ def test_cache_arrays_and_the_job_readers(tmp_path):
             load_heads(path, model.spec, bad)
     with pytest.raises(ProvenanceError):
         load_heads(path, "open_clip:another", [(2, 1)])
-
-
-def test_text_embeddings_round_trip_and_refuse_another_model(tmp_path):
-    emb = np.random.default_rng(0).normal(size=(3, 4))
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    path = tmp_path / "texts.npz"
-    write_texts(path, "open_clip:tiny", ["a", "b c", "d"], ["words", "words", "file"], emb)
-    texts, got, sources = read_texts(path, "open_clip:tiny")
-    assert texts == ["a", "b c", "d"] and sources == ["words", "words", "file"]
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, emb, rtol=1e-6)
-    with pytest.raises(ValueError, match="not open_clip:other"):
-        read_texts(path, "open_clip:other")
 
 
 def test_explained_heads():

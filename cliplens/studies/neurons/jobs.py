@@ -1,0 +1,175 @@
+"""Study 003 jobs: one ``run_*`` per rule of ``rules/neurons.smk``, called by
+``workflow_scripts/neurons/<rule>.py``.  Each checks its inputs' provenance (a store built for
+another model is refused), computes with :mod:`.store`, :mod:`.components` and :mod:`.sparse`,
+and writes its outputs atomically.
+
+``load``: :func:`~cliplens.core.models.registry.load_model`'s keyword arguments; ``roots``: the
+``results`` and ``resources`` folders datasets are opened from; ``cfg``: the rule's slice of the
+``neurons`` settings, as plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ...core.caches.rows import RowCache, shard_bounds
+from ...core.data.registry import open_dataset
+from ...core.io import (atomic_path, check_provenance, create_checked, library_versions, mark_complete, open_h5, reading, set_provenance,
+                        write_json_atomic, write_table, write_text_atomic)
+from ...core.models.registry import load_model
+from ...core.settings import NeuronComponents, NeuronSparse, NeuronTable
+from ...core.text.textsets import read_texts
+from .components import Components, components, pair_components
+from .pairs import pair_bias, pair_directions
+from .sparse import sparse_codes, text_dictionary, top_texts
+from .store import KIND, VARIANTS, extract_store, store_blocks
+
+log = logging.getLogger("cliplens")
+
+
+def store_rows(n_images: int, images: int | None) -> tuple[int, str | None]:
+    """Rows of a store: the first ``images`` of the split's ``n_images`` (all when None), and a
+    sentence when the split has fewer than asked."""
+    if images is None or images <= n_images:
+        return (n_images if images is None else images), None
+    return n_images, f"{images} images asked, the split has {n_images}: all {n_images} are used"
+
+
+def run_extract_shard(*, spec: str, load: Mapping[str, Any], dataset: str, split: str,
+                      images: int | None, shard: int, n_shards: int, layer: int, batch_size: int,
+                      dtype: str, roots: Mapping[str, str], out: str) -> dict:
+    """Shard ``shard`` of ``n_shards`` of the store of ``spec`` over the first ``images`` of
+    ``dataset``/``split`` (:func:`~.store.extract_store`)."""
+    data = open_dataset(dataset, split, **roots)
+    rows, cap = store_rows(len(data), images)
+    if cap:
+        log.warning("%s/%s: %s", dataset, split, cap)
+    start, stop = shard_bounds(rows, n_shards, shard, align=batch_size)
+    log.info("%s on %s/%s: shard %d of %d = rows [%d, %d) of %d", spec, dataset, split, shard,
+             n_shards, start, stop, rows)
+    prov = extract_store(load_model(spec, **load), data, out, layer=layer, start=start,
+                         stop=stop, rows=rows, batch_size=batch_size, dtype=dtype)
+    log.info("%s: %s", spec, prov["units"])
+    return prov
+
+
+def _write_components(h5, group: str, comp: Components) -> None:
+    g = h5.create_group(group)
+    for name in ("mean", "pc0", "top_norms"):
+        create_checked(g, name, getattr(comp, name).astype(np.float32))
+    create_checked(g, "top_images", comp.top_images.astype(np.int64))
+
+
+def run_components(*, spec: str, load: Mapping[str, Any], store: str, cfg: Mapping[str, Any],
+                   out: str) -> dict:
+    """Per unit: mean, top-k images and norms, first component, out of core from the store;
+    pairs in closed form from their scalars and the model's directions.  Writes ``out``
+    (HDF5: one group per variant -- ``pairs``, or ``exact`` and ``published`` -- with ``mean``,
+    ``pc0`` [U, D], ``top_norms``, ``top_images`` [U, k]; units flattened, the shape in the
+    provenance)."""
+    cfg = NeuronComponents.from_dict(cfg)
+    with RowCache(store, KIND, {"model": spec}) as cache:
+        prov = cache.provenance
+        n = len(cache)
+        if cfg.top_k > n:
+            raise ValueError(f"neurons.components.top_k = {cfg.top_k} images per unit, but "
+                             f"{store} holds {n}")
+        results: dict[str, Components] = {}
+        if prov["units"] == "pairs":
+            pool = load_model(spec, **load).tower.attention_pool()
+            u = pair_directions(pool).float().cpu().numpy()
+            bias = pair_bias(pool).float().cpu().numpy()
+            shape = list(u.shape[:2])
+            results["pairs"] = pair_components(store_blocks(cache, "scalars", cfg.block_rows),
+                                               u, cfg.top_k, bias=bias)
+        else:
+            shape = [int(cache.array("exact").shape[1])]
+            for v in VARIANTS:
+                results[v] = components(store_blocks(cache, v, cfg.block_rows), cfg.top_k)
+    out_prov = {"model": spec, "kind": "neuron_components", "units": prov["units"],
+                "unit_shape": shape, "dataset": prov.get("dataset"), "split": prov.get("split"),
+                "images": n, "layer": prov.get("layer"), "config": cfg.to_dict(),
+                "library_versions": library_versions()}
+    with atomic_path(out) as tmp:
+        import h5py
+
+        with h5py.File(tmp, "w") as h5:
+            for group, comp in results.items():
+                _write_components(h5, group, comp)
+            set_provenance(h5, out_prov)
+            mark_complete(h5)
+    log.info("%s: components of %d %s (%s) over %d images, top-%d", spec,
+             int(np.prod(shape)), prov["units"], ", ".join(results), n, cfg.top_k)
+    return out_prov
+
+
+def read_components(path: str, spec: str) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """({variant: {mean, pc0, top_norms, top_images}}, provenance) of :func:`run_components`;
+    refuses components of another model."""
+    prov = check_provenance(path, {"model": spec, "kind": "neuron_components"})
+    out = {}
+    with open_h5(path) as h5:
+        for group in h5:
+            out[group] = {}
+            for name in h5[group]:
+                with reading(path, f"{group}/{name}"):
+                    out[group][name] = h5[group][name][()]
+    return out, prov
+
+
+def unit_names(prov: Mapping[str, Any]) -> list[str]:
+    """Readable unit names in flattened order: ``L{layer}.N{n}`` or ``H{h}.C{c}``."""
+    shape = prov["unit_shape"]
+    if prov["units"] == "pairs":
+        return [f"H{h}.C{c}" for h in range(shape[0]) for c in range(shape[1])]
+    return [f"L{prov['layer']}.N{n}" for n in range(shape[0])]
+
+
+def run_sparse(*, spec: str, components_path: str, texts: str, cfg: Mapping[str, Any],
+               table: Mapping[str, Any], out_json: str, out_txt: str, out_csv: str) -> dict:
+    """Each unit's first component as ``cfg.k`` texts (:mod:`.sparse`), for every variant.
+    Writes the JSON (per variant and unit: texts and weights), a readable text file of the
+    ``table.top`` units of largest mean top-k norm, and their table (variant, rank, unit,
+    mean_top_norm, texts)."""
+    cfg, tab = NeuronSparse.from_dict(cfg), NeuronTable.from_dict(table)
+    comps, prov = read_components(components_path, spec)
+    names, emb, _ = read_texts(texts, spec)
+    dictionary = text_dictionary(emb, cfg.normalise)
+    units = unit_names(prov)
+    result = {"model": spec, "units": prov["units"], "images": prov["images"],
+              "n_texts": len(names), "config": cfg.to_dict(), "variants": {}}
+    rows, lines = [], [f"Sparse text decomposition of {spec}'s {prov['units']} "
+                       f"({prov['dataset']}/{prov['split']}, {prov['images']} images), k = "
+                       f"{cfg.k} of {len(names)} texts, {cfg.normalise}-normalised\n"]
+    for variant, comp in comps.items():
+        codes = sparse_codes(comp["pc0"], dictionary, cfg.k)
+        picked = top_texts(codes, names, cfg.k)
+        err = np.linalg.norm(comp["pc0"] - codes @ dictionary, axis=1)
+        result["variants"][variant] = {
+            u: {"texts": [t for t, _ in p], "weights": [w for _, w in p],
+                "residual": float(e)} for u, p, e in zip(units, picked, err)}
+        strength = comp["top_norms"].mean(1)
+        order = np.argsort(-strength, kind="stable")[:tab.top]
+        lines.append(f"== {variant}: the {len(order)} units of largest mean top-k norm "
+                     f"(median residual of the {cfg.k}-text fit {np.median(err):.3f})")
+        for rank, i in enumerate(order, 1):
+            shown = picked[i][:tab.texts]
+            words = ", ".join(f"{t} ({w:+.2f})" for t, w in shown)
+            lines.append(f"{rank:3d}. {units[i]:>12}  norm {strength[i]:.4g}  {words}")
+            rows.append({"variant": variant, "rank": rank, "unit": units[i],
+                         "mean_top_norm": float(strength[i]),
+                         "texts": "; ".join(t for t, _ in shown),
+                         "weights": "; ".join(f"{w:.4f}" for _, w in shown)})
+        lines.append("")
+    write_json_atomic(out_json, result)
+    write_text_atomic(out_txt, "\n".join(lines) + "\n")
+    write_table(out_csv, pd.DataFrame(rows, columns=["variant", "rank", "unit", "mean_top_norm",
+                                                     "texts", "weights"]))
+    log.info("%s: %d units x %d variants decomposed on %d texts", spec, len(units),
+             len(comps), len(names))
+    return result
+

@@ -1,0 +1,96 @@
+"""Study 003's stores: per image, every unit's effect on the embedding, as a row cache.
+
+* CLIP ResNets (pairs): ``/scalars`` [N, H, C] -- the pair scalars s (:mod:`.pairs`); the
+  directions u [H, C, D] are the weights', rebuilt by whoever reads the store, so the store is
+  N H C numbers instead of the published N H C D;
+* class-token ViTs (neurons of one block): ``/exact`` and ``/published`` [N, n_neurons, D] --
+  both variants of :mod:`.second_order`.
+
+Written in shards by the core's one row writer (:func:`~cliplens.core.caches.rows.extract_rows`)
+and joined like every row cache; read back in blocks aligned to the HDF5 chunks
+(:func:`store_blocks`), so a pass over the store holds one block in memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ...core.caches.rows import RowCache, extract_rows
+from ...core.models.base import ClipModel
+from .components import Blocks
+from .pairs import decompose_pairs
+from .second_order import exact_effects, neuron_block, published_effects, record_neurons
+
+KIND = "neurons"
+VARIANTS = ("exact", "published")
+
+
+def unit_kind(model: ClipModel) -> str:
+    """``"pairs"`` for a CLIP ResNet attention pool, ``"neurons"`` for a class-token ViT;
+    NotImplementedError naming the model otherwise."""
+    pooling = model.tower.pooling
+    if pooling == "attn_pool2d":
+        return "pairs"
+    if pooling == "cls":
+        return "neurons"
+    raise NotImplementedError(
+        f"{model.spec}: study 003 needs a CLIP ResNet with attention pooling (pairs) or a "
+        f"class-token ViT (neurons); its tower pools with {pooling!r} "
+        f"({type(model.tower.module).__name__})")
+
+
+def extract_store(model: ClipModel, dataset, out_path: str | os.PathLike, *, layer: int,
+                  start: int = 0, stop: int | None = None, rows: int | None = None,
+                  batch_size: int = 32, dtype: str = "float32", progress: bool = True) -> dict:
+    """Rows ``start .. stop-1`` of ``dataset`` into a store shard (module docstring); ``layer``
+    is the ViT block whose neurons are followed (ignored for pairs); ``rows``: the store's
+    whole row count when it holds only the first images of the dataset (recorded as ``n``, the
+    dataset's size as ``of_n``, so the shards are gathered into a store of ``rows``).  Returns
+    the provenance."""
+    kind = unit_kind(model)
+    if kind == "pairs":
+        def compute(pixels):
+            return {"scalars": decompose_pairs(model, pixels).scalars}
+        extra = {"units": "pairs"}
+    else:
+        block = neuron_block(layer, model.tower.n_blocks, model.spec)
+        if block == model.tower.n_blocks - 1:
+            raise ValueError(f"{model.spec}: block {layer} is the last; its neurons have no "
+                             "later attention layer to pass through")
+
+        def compute(pixels):
+            rec = record_neurons(model, pixels, block)
+            return {"exact": exact_effects(model, rec), "published": published_effects(model, rec)}
+        extra = {"units": "neurons", "layer": block, "blocks": model.tower.n_blocks}
+    if rows is not None:
+        extra.update(n=int(rows), of_n=len(dataset))
+    return extract_rows(model, dataset, out_path, compute, kind=KIND, start=start, stop=stop,
+                        batch_size=batch_size, dtype=dtype, provenance=extra,
+                        desc=f"{kind} of {model.spec}", progress=progress)
+
+
+def store_blocks(cache: RowCache, name: str, block_rows: int | None = None) -> Blocks:
+    """A pass over ``name`` of an open store in blocks of ``block_rows`` rows (None: the HDF5
+    chunk's rows, taken from the first shard of a gathered store); each block's values are
+    checked like every cache read."""
+    ds = cache.array(name)
+    if block_rows is None:
+        chunks = ds.chunks
+        if chunks is None and ds.is_virtual:
+            import h5py
+
+            src = ds.virtual_sources()[0]
+            full = src.file_name if os.path.isabs(src.file_name) else os.path.join(
+                os.path.dirname(cache.path), src.file_name)
+            with h5py.File(full, "r") as h5:
+                chunks = h5[src.dset_name].chunks
+        block_rows = chunks[0] if chunks else 64
+    n = len(cache)
+
+    def gen():
+        for a in range(0, n, block_rows):
+            yield a, np.asarray(cache.read(name, np.arange(a, min(n, a + block_rows))),
+                                dtype=np.float64)
+    return gen

@@ -1,0 +1,134 @@
+"""Study 003's jobs on the tiny world: stores of the toy clip-rn (pairs) and a 2-block toy ViT
+(neurons), their components, the sparse text decomposition and the table."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cliplens.core.caches.rows import RowCache
+from cliplens.core.io import ProvenanceError
+from cliplens.core.jobs import run_gather, run_texts, run_train_toy_model
+from cliplens.core.models.registry import load_model
+from cliplens.studies.neurons import jobs
+from cliplens.studies.neurons.components import array_blocks, components_dense
+from cliplens.studies.neurons.pairs import decompose_pairs, pair_directions
+
+MODELS = ("toy:clip-rn", "toy:clip-vit-2")
+
+
+@pytest.fixture(scope="module")
+def study(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("neurons")
+    S = tiny_world.S
+    for name in ("clip-rn", "clip-vit-2"):
+        run_train_toy_model(name=name, cfg=S.toy_models[name].to_dict(), device="cpu",
+                            data=str(tiny_world.results / "data" / "toy" / "toy.h5"),
+                            out=str(tiny_world.results / "models" / "toy" / name))
+    paths = {}
+    for spec in MODELS:
+        slug = spec.replace(":", "--")
+        shards = [str(out / f"{slug}.{i}.h5") for i in range(2)]
+        for i, shard in enumerate(shards):
+            jobs.run_extract_shard(spec=spec, load=tiny_world.load, dataset="toy", split="val",
+                                   images=40, shard=i, n_shards=2, layer=0, batch_size=16,
+                                   dtype="float32", roots=tiny_world.roots, out=shard)
+        store = str(out / f"{slug}.store.h5")
+        run_gather(shards=shards, out=store)
+        comp = str(out / f"{slug}.components.h5")
+        jobs.run_components(spec=spec, load=tiny_world.load, store=store,
+                            cfg={"top_k": 5, "block_rows": 7}, out=comp)
+        texts = str(out / f"{slug}.texts.npz")
+        run_texts(spec=spec, load=tiny_world.load,
+                  sources=["builtin:toy-words", "builtin:toy-descriptions"], n_words=10,
+                  out=texts)
+        res = jobs.run_sparse(spec=spec, components_path=comp, texts=texts,
+                              cfg={**S.neurons.sparse.to_dict(), "k": 4},
+                              table={"top": 5, "texts": 3}, out_json=str(out / f"{slug}.json"),
+                              out_txt=str(out / f"{slug}.txt"), out_csv=str(out / f"{slug}.csv"))
+        paths[spec] = dict(store=store, comp=comp, texts=texts, res=res, slug=slug)
+    return out, paths
+
+
+def test_pair_store_holds_scalars_that_rebuild_the_embeddings(study, tiny_world):
+    _, paths = study
+    p = paths["toy:clip-rn"]
+    model = load_model("toy:clip-rn", **tiny_world.load)
+    with RowCache(p["store"], "neurons", {"model": "toy:clip-rn"}) as cache:
+        s = cache.load("scalars")
+        assert cache.provenance["units"] == "pairs" and len(cache) == 40
+    pool = model.tower.attention_pool()
+    assert s.shape[1:] == (pool.heads, pool.wv.shape[1])
+    from cliplens.core.data.registry import open_dataset
+
+    data = open_dataset("toy", "val", **tiny_world.roots)
+    import torch
+
+    with torch.inference_mode():
+        px = model.preprocess(data.images(0, 4))
+        dec = decompose_pairs(model, px)
+        emb = model.encode_image(px).numpy()
+    np.testing.assert_allclose(s[:4], dec.scalars.numpy(), rtol=1e-5, atol=1e-6)
+    rebuilt = np.einsum("bhc,hcd->bd", s[:4], dec.directions.numpy()) + dec.bias.numpy()
+    np.testing.assert_allclose(rebuilt, emb, rtol=1e-4, atol=1e-5)
+
+
+def test_components_equal_the_brute_force_on_the_materialised_store(study, tiny_world):
+    _, paths = study
+    comps, prov = jobs.read_components(paths["toy:clip-rn"]["comp"], "toy:clip-rn")
+    model = load_model("toy:clip-rn", **tiny_world.load)
+    u = pair_directions(model.tower.attention_pool()).numpy()
+    with RowCache(paths["toy:clip-rn"]["store"], "neurons") as cache:
+        s = cache.load("scalars").astype(np.float64)
+    reps = (s[..., None] * u).reshape(len(s), -1, u.shape[-1])          # the brute-force array
+    ref = components_dense(reps, 5)
+    got = comps["pairs"]
+    live = np.linalg.norm(u.reshape(-1, u.shape[-1]), axis=1) > 0
+    cos = (got["pc0"] * ref.pc0).sum(1)[live]
+    assert cos.min() >= 0.9999
+    np.testing.assert_allclose(got["top_norms"], ref.top_norms, rtol=1e-4, atol=1e-7)
+    assert prov["unit_shape"] == list(u.shape[:2]) and prov["images"] == 40
+
+    comps, prov = jobs.read_components(paths["toy:clip-vit-2"]["comp"], "toy:clip-vit-2")
+    assert set(comps) == {"exact", "published"} and prov["layer"] == 0
+    with RowCache(paths["toy:clip-vit-2"]["store"], "neurons") as cache:
+        for v in ("exact", "published"):
+            full = cache.load(v).astype(np.float64)
+            ref = components_dense(full, 5)
+            np.testing.assert_allclose(comps[v]["mean"], ref.mean, rtol=1e-5, atol=1e-7)
+            assert ((comps[v]["pc0"] * ref.pc0).sum(1) >= 0.9999).all()
+            np.testing.assert_array_equal(comps[v]["top_images"], ref.top_images)
+    with pytest.raises(ProvenanceError):
+        jobs.read_components(paths["toy:clip-vit-2"]["comp"], "toy:clip-rn")
+
+
+def test_sparse_texts_and_table(study):
+    out, paths = study
+    for spec, variants in (("toy:clip-rn", {"pairs"}), ("toy:clip-vit-2",
+                                                         {"exact", "published"})):
+        p = paths[spec]
+        res = json.loads((out / f"{p['slug']}.json").read_text())
+        assert set(res["variants"]) == variants
+        for units in res["variants"].values():
+            for entry in units.values():
+                assert len(entry["texts"]) <= 4 and 0 <= entry["residual"] <= 1.0 + 1e-6
+        table = pd.read_csv(out / f"{p['slug']}.csv")
+        assert set(table["variant"]) == variants
+        assert (table.groupby("variant")["rank"].max() == 5).all()
+        first = table[table["rank"] == 1]
+        assert (first["mean_top_norm"].values >= table.groupby("variant")["mean_top_norm"]
+                .max().reindex(first["variant"]).values - 1e-9).all()
+        txt = (out / f"{p['slug']}.txt").read_text()
+        assert all(f"== {v}: the 5 units" in txt for v in variants), txt[:500]
+
+
+def test_the_store_refuses_other_towers_and_caps_images(tiny_world, tmp_path):
+    with pytest.raises(NotImplementedError, match="study 003 needs"):
+        jobs.run_extract_shard(spec="toy:siglip-32", load=tiny_world.load, dataset="toy",
+                               split="val", images=8, shard=0, n_shards=1, layer=0,
+                               batch_size=8, dtype="float32", roots=tiny_world.roots,
+                               out=str(tmp_path / "x.h5"))
+    assert jobs.store_rows(60, 1000) == (60, "1000 images asked, the split has 60: all 60 "
+                                              "are used")
+    assert jobs.store_rows(60, None) == (60, None) and jobs.store_rows(60, 10) == (10, None)
