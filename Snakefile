@@ -51,6 +51,7 @@ include: "rules/caches.smk"
 include: "rules/zeroshot.smk"
 include: "rules/inversion.smk"
 include: "rules/heads.smk"
+include: "rules/neurons.smk"
 
 
 rule all:
@@ -59,3 +60,4 @@ rule all:
         f"{R}/figures/zeroshot/accuracy.png",
         inversion_outputs(),
         heads_outputs(),
+        neurons_outputs(),

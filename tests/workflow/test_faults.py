@@ -172,6 +172,9 @@ PLAN_MISTAKES = [
     ("heads: {layers: [3]}", "heads.layers: toy:clip-vit: layer 3 is outside"),
     ("inversion: {layer: -9}", "inversion.layer"),
     ("results: /etc/hostname", "results: /etc/hostname exists and is not a directory"),
+    ("neurons: {models: [toy:siglip-32]}", "neurons.models[0]: toy:siglip-32 has a siglip tower"),
+    ("neurons: {sparse: {k: 500, text_sets: ['builtin:pascal-context']}}",
+     "neurons.sparse.k: k = 500 texts per component, but neurons.sparse.text_sets give 59"),
     ("cache:\n  shards: 2\ncache:\n  dtype: float16\n", "line 3: key 'cache' is given again"),
 ]
 

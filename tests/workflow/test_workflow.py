@@ -57,6 +57,9 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["heads_textspan"] == 3 and stats["heads_decompose_gather"] == 9, stats
     assert stats["heads_spurious"] == 3 and "heads_factors" not in stats, stats
     assert "gtsegs_ijcv.mat" in text or "imagenet-seg" in text
+    # study 003 as published: RN50x16 pairs and ViT-B-32 neurons over 1000 ImageNet val images
+    assert stats["neurons_store_gather"] == 2 and stats["neurons_sparse"] == 2, stats
+    assert "neurons/open_clip--RN50x16@openai/imagenet/val/store.h5" in text
     assert elapsed < 60, elapsed
 
 
@@ -197,6 +200,29 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert {r["condition"] for r in spur} == {"before", "after"} and len(spur) == 8
     for fig in ("ablation", "factors", "spatial_maps", "neighbours", "spurious"):
         assert is_png(res / f"figures/heads/toy--clip-vit/{fig}.png"), fig
+    # Study 003: the pair store rebuilds the clip-rn embeddings' pair terms; both ViT variants;
+    # components of every unit; the table ranks units by their mean top-k norm.
+    from cliplens.core.caches.rows import RowCache
+
+    with RowCache(res / "neurons/toy--clip-rn/toy/val/store.h5", "neurons") as cache:
+        assert cache.provenance["units"] == "pairs" and len(cache) == 60
+        assert cache.provenance["of_n"] == 100 and cache.provenance["rows"] == "spread"
+    with RowCache(res / "neurons/toy--clip-vit-2/toy/val/store.h5", "neurons") as cache:
+        assert {"exact", "published"} <= set(cache.names) and cache.provenance["layer"] == 0
+    for m, variants in (("toy--clip-rn", {"pairs"}), ("toy--clip-vit-2", {"exact", "published"})):
+        with h5py.File(res / f"neurons/{m}/components.h5") as h5:
+            assert set(h5) == variants
+            for v in variants:
+                assert h5[v]["top_images"].shape[1] == 10
+                np.testing.assert_allclose(np.linalg.norm(h5[v]["pc0"][()], axis=1)[
+                    np.linalg.norm(h5[v]["pc0"][()], axis=1) > 0], 1.0, rtol=1e-5)
+        top = list(csv.DictReader((res / f"tables/neurons/{m}/top_units.csv").open()))
+        assert {r["variant"] for r in top} == variants and len(top) == 5 * len(variants)
+        for v in variants:
+            norms = [float(r["mean_top_norm"]) for r in top if r["variant"] == v]
+            assert norms == sorted(norms, reverse=True)
+            assert all(1 <= len(r["texts"].split("; ")) <= 3 for r in top if r["variant"] == v)
+
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
@@ -235,6 +261,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         # TextSpan's number of texts: no decomposition, text embedding, ablation or spurious job
         "textspan texts": ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 2]}}},
                            {**HEADS_JOBS, "all": 1}),
+        # the number of texts per component re-decomposes, nothing else
+        "sparse k": ({"neurons": {"sparse": {"k": 3}}}, {"neurons_sparse": 2, "all": 1}),
         # settings that cannot change a result rerun nothing
         "hf_home": ({"hf_home": str(tmp_path / "elsewhere")}, {}),
         "device": ({"device": "cpu"}, {}),

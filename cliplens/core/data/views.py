@@ -78,6 +78,34 @@ class FirstRows(ImageDataset):
         return {**self.base.describe(), "n": self.n, "of_n": len(self.base)}
 
 
+class SpreadRows(ImageDataset):
+    """``n`` images of ``base`` spread evenly over it: row i is ``base`` row
+    ``floor(i * len(base) / n)`` (all of ``base`` if it has at most ``n``), so a subset of a
+    dataset stored class by class (ImageNet val) still covers every class."""
+
+    def __init__(self, base: ImageDataset, n: int):
+        self.base = base
+        self.n = min(int(n), len(base))
+        self.index = (np.arange(self.n, dtype=np.int64) * len(base)) // self.n
+        self.name, self.split = base.name, base.split
+        self.labels = None if base.labels is None else np.asarray(base.labels)[self.index]
+        self.classnames = base.classnames
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image(self, i: int) -> Image.Image:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base.image(int(self.index[i]))
+
+    def images(self, start: int, stop: int) -> list[Image.Image]:
+        return [self.image(i) for i in range(start, min(stop, self.n))]
+
+    def describe(self) -> dict:
+        return {**self.base.describe(), "n": self.n, "of_n": len(self.base), "rows": "spread"}
+
+
 def parse_rows(rows: str | int | None) -> int | None:
     """``"all"``/None -> None; ``"500"``/500 -> 500."""
     if rows is None or rows == "all":

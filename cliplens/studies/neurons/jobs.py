@@ -31,28 +31,33 @@ from .store import KIND, VARIANTS, extract_store, store_blocks
 log = logging.getLogger("cliplens")
 
 
-def store_rows(n_images: int, images: int | None) -> tuple[int, str | None]:
-    """Rows of a store: the first ``images`` of the split's ``n_images`` (all when None), and a
-    sentence when the split has fewer than asked."""
-    if images is None or images <= n_images:
-        return (n_images if images is None else images), None
-    return n_images, f"{images} images asked, the split has {n_images}: all {n_images} are used"
+def store_images(data, images: int | None):
+    """The images a store holds: ``images`` of ``data`` spread evenly over it
+    (:class:`~cliplens.core.data.views.SpreadRows`), or all of it when None or when it has
+    fewer (said in the log; ``n`` and ``of_n`` record it)."""
+    from ...core.data.views import SpreadRows
+
+    if images is None:
+        return data
+    if images > len(data):
+        log.warning("%s/%s has %d images, fewer than the %d asked for: all %d are used", data.name,
+                    data.split, len(data), images, len(data))
+        return data
+    return SpreadRows(data, images)
 
 
 def run_extract_shard(*, spec: str, load: Mapping[str, Any], dataset: str, split: str,
                       images: int | None, shard: int, n_shards: int, layer: int, batch_size: int,
                       dtype: str, roots: Mapping[str, str], out: str) -> dict:
-    """Shard ``shard`` of ``n_shards`` of the store of ``spec`` over the first ``images`` of
-    ``dataset``/``split`` (:func:`~.store.extract_store`)."""
-    data = open_dataset(dataset, split, **roots)
-    rows, cap = store_rows(len(data), images)
-    if cap:
-        log.warning("%s/%s: %s", dataset, split, cap)
-    start, stop = shard_bounds(rows, n_shards, shard, align=batch_size)
+    """Shard ``shard`` of ``n_shards`` of the store of ``spec`` over ``images`` images of
+    ``dataset``/``split`` spread evenly over it (:func:`store_images`,
+    :func:`~.store.extract_store`)."""
+    data = store_images(open_dataset(dataset, split, **roots), images)
+    start, stop = shard_bounds(len(data), n_shards, shard, align=batch_size)
     log.info("%s on %s/%s: shard %d of %d = rows [%d, %d) of %d", spec, dataset, split, shard,
-             n_shards, start, stop, rows)
+             n_shards, start, stop, len(data))
     prov = extract_store(load_model(spec, **load), data, out, layer=layer, start=start,
-                         stop=stop, rows=rows, batch_size=batch_size, dtype=dtype)
+                         stop=stop, batch_size=batch_size, dtype=dtype)
     log.info("%s: %s", spec, prov["units"])
     return prov
 

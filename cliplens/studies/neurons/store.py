@@ -42,13 +42,10 @@ def unit_kind(model: ClipModel) -> str:
 
 
 def extract_store(model: ClipModel, dataset, out_path: str | os.PathLike, *, layer: int,
-                  start: int = 0, stop: int | None = None, rows: int | None = None,
-                  batch_size: int = 32, dtype: str = "float32", progress: bool = True) -> dict:
+                  start: int = 0, stop: int | None = None, batch_size: int = 32,
+                  dtype: str = "float32", progress: bool = True) -> dict:
     """Rows ``start .. stop-1`` of ``dataset`` into a store shard (module docstring); ``layer``
-    is the ViT block whose neurons are followed (ignored for pairs); ``rows``: the store's
-    whole row count when it holds only the first images of the dataset (recorded as ``n``, the
-    dataset's size as ``of_n``, so the shards are gathered into a store of ``rows``).  Returns
-    the provenance."""
+    is the ViT block whose neurons are followed (ignored for pairs).  Returns the provenance."""
     kind = unit_kind(model)
     if kind == "pairs":
         def compute(pixels):
@@ -64,8 +61,6 @@ def extract_store(model: ClipModel, dataset, out_path: str | os.PathLike, *, lay
             rec = record_neurons(model, pixels, block)
             return {"exact": exact_effects(model, rec), "published": published_effects(model, rec)}
         extra = {"units": "neurons", "layer": block, "blocks": model.tower.n_blocks}
-    if rows is not None:
-        extra.update(n=int(rows), of_n=len(dataset))
     return extract_rows(model, dataset, out_path, compute, kind=KIND, start=start, stop=stop,
                         batch_size=batch_size, dtype=dtype, provenance=extra,
                         desc=f"{kind} of {model.spec}", progress=progress)

@@ -62,7 +62,7 @@ def test_pair_store_holds_scalars_that_rebuild_the_embeddings(study, tiny_world)
     assert s.shape[1:] == (pool.heads, pool.wv.shape[1])
     from cliplens.core.data.registry import open_dataset
 
-    data = open_dataset("toy", "val", **tiny_world.roots)
+    data = jobs.store_images(open_dataset("toy", "val", **tiny_world.roots), 40)  # spread
     import torch
 
     with torch.inference_mode():
@@ -129,6 +129,13 @@ def test_the_store_refuses_other_towers_and_caps_images(tiny_world, tmp_path):
                                split="val", images=8, shard=0, n_shards=1, layer=0,
                                batch_size=8, dtype="float32", roots=tiny_world.roots,
                                out=str(tmp_path / "x.h5"))
-    assert jobs.store_rows(60, 1000) == (60, "1000 images asked, the split has 60: all 60 "
-                                              "are used")
-    assert jobs.store_rows(60, None) == (60, None) and jobs.store_rows(60, 10) == (10, None)
+
+    from cliplens.core.data.registry import open_dataset
+
+    data = open_dataset("toy", "val", **tiny_world.roots)
+    assert jobs.store_images(data, None) is data and jobs.store_images(data, 10_000) is data
+    view = jobs.store_images(data, 7)
+    assert len(view) == 7 and view.describe()["of_n"] == len(data)
+    assert list(view.index) == [i * len(data) // 7 for i in range(7)]
+    assert data.labels is None or np.array_equal(view.labels, np.asarray(data.labels)[view.index])
+    assert np.array_equal(np.asarray(view.images(2, 3)[0]), np.asarray(data.image(view.index[2])))

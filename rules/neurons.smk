@@ -1,0 +1,138 @@
+# Study 003: second-order effects of neurons (ViTs) and neuron-head pairs (CLIP ResNets)
+# (cliplens/studies/neurons/, settings neurons.*).
+#
+#   {R}/neurons/{model}/{dataset}/{split}/store.h5    per image, each unit's effect on the
+#       embedding: pair scalars [N, H, C] or both neuron variants [N, neurons, D] (sharded like
+#       every row cache: store/shards/{i}-of-{n}.h5, joined by a VDS)
+#   {R}/neurons/{model}/components.h5                 per unit: mean, top-k images and norms,
+#       first principal component (out of core; pairs in closed form)
+#   {R}/neurons/{model}/texts.npz                     text sets and their embeddings
+#   {R}/neurons/{model}/sparse.{json,txt}, {R}/tables/neurons/{model}/top_units.csv
+#       each component as neurons.sparse.k texts; the strongest units with their texts
+
+
+include: "helpers/neurons.smk"
+
+
+rule neurons_store_shard:
+    input:
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(w.dataset, w.split),
+    output:
+        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/store/shards/{{i}}-of-{{n}}.h5",
+    log:
+        f"{R}/logs/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.log",
+    benchmark:
+        f"{R}/benchmarks/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.tsv"
+    wildcard_constraints:
+        i=r"\d+",
+        n=r"\d+",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: cache_threads
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=gpu_resource,
+    params:
+        spec=lambda w: model_spec(w.model),
+        dataset="{dataset}",
+        split="{split}",
+        images=NEURONS.images,
+        shard=lambda w: int(w.i),
+        n_shards=lambda w: int(w.n),
+        layer=NEURONS.layer,
+        batch_size=NEURONS.batch_size,
+        dtype=NEURONS.dtype,
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_store_shard.py"
+
+
+rule neurons_store_gather:
+    input:
+        neurons_store_shards,
+    output:
+        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/store.h5",
+    log:
+        f"{R}/logs/neurons_store_gather/{{model}}/{{dataset}}/{{split}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/caches/gather.py"
+
+
+rule neurons_components:
+    input:
+        store=lambda w: neurons_store_path(w.model),
+        model=lambda w: model_inputs(w.model),
+    output:
+        f"{R}/neurons/{{model}}/components.h5",
+    log:
+        f"{R}/logs/neurons_components/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/neurons_components/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.components.to_dict(),
+    script:
+        "../workflow_scripts/neurons/neurons_components.py"
+
+
+rule neurons_texts:
+    input:
+        model=lambda w: model_inputs(w.model),
+        files=neurons_text_files(),
+    output:
+        f"{R}/neurons/{{model}}/texts.npz",
+    log:
+        f"{R}/logs/neurons_texts/{{model}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: cache_threads
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=gpu_resource,
+    params:
+        spec=lambda w: model_spec(w.model),
+        sources=list(NEURONS.sparse.text_sets),
+        n_words=NEURONS.sparse.n_words,
+    script:
+        "../workflow_scripts/caches/texts.py"
+
+
+rule neurons_sparse:
+    input:
+        components=f"{R}/neurons/{{model}}/components.h5",
+        texts=f"{R}/neurons/{{model}}/texts.npz",
+    output:
+        json=f"{R}/neurons/{{model}}/sparse.json",
+        txt=f"{R}/neurons/{{model}}/sparse.txt",
+        csv=f"{R}/tables/neurons/{{model}}/top_units.csv",
+    log:
+        f"{R}/logs/neurons_sparse/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/neurons_sparse/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.sparse.to_dict(),
+        table=NEURONS.table.to_dict(),
+    script:
+        "../workflow_scripts/neurons/neurons_sparse.py"
