@@ -12,7 +12,7 @@ from cliplens.core.io import ProvenanceError
 from cliplens.core.jobs import run_gather, run_texts, run_train_toy_model
 from cliplens.core.models.registry import load_model
 from cliplens.studies.neurons import jobs
-from cliplens.studies.neurons.components import array_blocks, components_dense
+from cliplens.studies.neurons.components import components_dense
 from cliplens.studies.neurons.pairs import decompose_pairs, pair_directions
 
 MODELS = ("toy:clip-rn", "toy:clip-vit-2")
