@@ -8,8 +8,12 @@ then either
   published code does (its atoms then have unequal norms, which biases OMP towards long ones).
 
 Each direction y [D] is approximated as ``y ~ sum_{j in S} w_j t_j`` with |S| = k exactly, by
-orthogonal matching pursuit (sklearn's ``orthogonal_mp``): pick the atom most correlated with
-the residual, refit the least-squares weights on the chosen atoms, repeat k times.
+orthogonal matching pursuit: pick the atom most correlated with the residual, refit the
+least-squares weights on the chosen atoms, repeat k times.  Two implementations of the same
+algorithm: sklearn's ``orthogonal_mp`` (one direction at a time; without a Gram matrix it
+copies the dictionary per direction) and :func:`omp_batched` (many directions at once: one
+matrix product per step for the correlations, batched normal equations for the weights), used
+by default; the tests hold their supports equal.
 """
 
 from __future__ import annotations
@@ -42,20 +46,64 @@ def check_k(k: int, n_texts: int, width: int) -> None:
                          f"{width}: at most {width} independent texts fit")
 
 
-def sparse_codes(directions: np.ndarray, dictionary: np.ndarray, k: int) -> np.ndarray:
-    """OMP weights [U, M] (k non-zeros per row) of directions [U, D] over ``dictionary``
-    [M, D].  The Gram matrix is precomputed when M <= 4096 (M^2 floats), else every step
-    correlates with the M atoms directly."""
-    from sklearn.linear_model import orthogonal_mp
+def omp_batched(directions: np.ndarray, dictionary: np.ndarray, k: int,
+                chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact-k OMP of directions Y [U, D] over atoms T [M, D], ``chunk`` directions at a time
+    (float64, torch): at step t, ``j_t = argmax_j |<r, T_j>|`` over atoms not yet chosen, then
+    ``w = (A A^T)^{-1} A y`` on the chosen atoms A [t, D] and ``r = y - w A``.  Returns
+    (support [U, k] atom indices in the order chosen, weights [U, k])."""
+    import torch
 
+    t_all = torch.as_tensor(np.asarray(dictionary, dtype=np.float64))
+    y_all = torch.as_tensor(np.asarray(directions, dtype=np.float64))
+    u = y_all.shape[0]
+    support = np.zeros((u, k), dtype=np.int64)
+    weights = np.zeros((u, k))
+    for a in range(0, u, chunk):
+        y = y_all[a:a + chunk]
+        b = y.shape[0]
+        r = y.clone()
+        sup = torch.zeros(b, k, dtype=torch.long)
+        taken = torch.zeros(b, t_all.shape[0], dtype=torch.bool)
+        rows = torch.arange(b)
+        w = None
+        for t in range(k):
+            corr = (r @ t_all.T).abs().masked_fill_(taken, -1.0)
+            j = corr.argmax(1)
+            sup[:, t] = j
+            taken[rows, j] = True
+            atoms = t_all[sup[:, :t + 1]]                              # [b, t+1, D]
+            gram = atoms @ atoms.transpose(1, 2)
+            rhs = (atoms @ y[:, :, None])[..., 0]
+            w = torch.linalg.solve(gram, rhs)                          # [b, t+1]
+            r = y - (w[:, None, :] @ atoms)[:, 0]
+        support[a:a + b] = sup.numpy()
+        weights[a:a + b] = w.numpy()
+    return support, weights
+
+
+def sparse_codes(directions: np.ndarray, dictionary: np.ndarray, k: int,
+                 method: str = "batched") -> np.ndarray:
+    """OMP weights [U, M] (k non-zeros per row) of directions [U, D] over ``dictionary``
+    [M, D]: ``method`` ``"batched"`` (:func:`omp_batched`) or ``"sklearn"`` (``orthogonal_mp``,
+    with the Gram matrix when M <= 4096)."""
     y = np.asarray(directions, dtype=np.float64)
     m, d = dictionary.shape
     check_k(k, m, d)
     if y.shape[1] != d:
         raise ValueError(f"directions have width {y.shape[1]}, the text embeddings {d}: "
                          "texts of another model?")
-    coef = orthogonal_mp(dictionary.T, y.T, n_nonzero_coefs=k, precompute=m <= 4096)
-    return np.asarray(coef).reshape(m, -1).T
+    if method == "sklearn":
+        from sklearn.linear_model import orthogonal_mp
+
+        coef = orthogonal_mp(dictionary.T, y.T, n_nonzero_coefs=k, precompute=m <= 4096)
+        return np.asarray(coef).reshape(m, -1).T
+    if method != "batched":
+        raise ValueError(f"method must be 'batched' or 'sklearn', got {method!r}")
+    support, weights = omp_batched(y, dictionary, k)
+    out = np.zeros((y.shape[0], m))
+    np.put_along_axis(out, support, weights, axis=1)
+    return out
 
 
 def top_texts(codes: np.ndarray, texts: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -54,3 +54,16 @@ def test_bad_k_is_named():
         sparse_codes(np.ones((1, 6)), dic, 7)
     with pytest.raises(ValueError, match="texts of another model"):
         sparse_codes(np.ones((1, 5)), dic, 2)
+
+
+@pytest.mark.parametrize("normalise", ["atoms", "columns"])
+def test_batched_omp_has_sklearns_supports_and_weights(normalise):
+    rng = np.random.default_rng(4)
+    dic = text_dictionary(rng.standard_normal((500, 64)), normalise)
+    y = rng.standard_normal((20, 64))
+    batched = sparse_codes(y, dic, 16, method="batched")
+    ref = sparse_codes(y, dic, 16, method="sklearn")
+    assert ((batched != 0) == (ref != 0)).all()
+    np.testing.assert_allclose(batched, ref, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="method must be"):
+        sparse_codes(y, dic, 2, method="lars")
