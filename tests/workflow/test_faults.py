@@ -96,7 +96,9 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("fault", ["flipped byte", "truncated"])
+# Each fault's other forms (truncated weights, flipped checkpoints, 1e38 and flipped shard bytes)
+# are unit tests (tests/core/); here one form of each goes through Snakemake, to the user's rm.
+@pytest.mark.parametrize("fault", ["flipped byte"])
 def test_damaged_toy_model_weights_are_refused_then_rebuilt(built, fault):
     from tests.corrupt import flip_byte, truncate
 
@@ -118,8 +120,6 @@ def test_damaged_toy_model_weights_are_refused_then_rebuilt(built, fault):
 
 @pytest.mark.workflow
 @pytest.mark.parametrize("fault,message", [("nan", "NaN or infinite values"),
-                                           ("1e38", "outside the"),
-                                           ("flipped byte", "a checksum"),
                                            ("truncated", "HDF5 cannot open it")])
 def test_a_damaged_cache_shard_is_named_then_rebuilt(built, fault, message):
     from tests.corrupt import flip_byte, rewrite, truncate
@@ -146,7 +146,7 @@ def test_a_damaged_cache_shard_is_named_then_rebuilt(built, fault, message):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("fault", ["flipped byte", "truncated"])
+@pytest.mark.parametrize("fault", ["truncated"])
 def test_a_damaged_checkpoint_heals_to_the_same_reconstructor(built, fault):
     from tests.corrupt import flip_byte, truncate
 
