@@ -20,7 +20,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 # YAML syntax errors and keys given twice, with their file and line, before Snakemake merges the
 # files (it would keep the last of two equal keys without a word).  A --configfile with a syntax
-# error stops Snakemake before this file is read: `python -m cliplens.core.config FILE` names
+# error stops Snakemake before this file is read: `python -m cliplens.core.settings FILE` names
 # the line.
 try:
     check_config_files(

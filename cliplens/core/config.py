@@ -142,27 +142,6 @@ def check_config_files(paths) -> None:
             read_yaml_config(p)
 
 
-def main(argv=None) -> int:
-    """``python -m cliplens.core.config FILE...``: check config files (YAML syntax with file and
-    line, duplicate keys, then the schema of config.yaml merged with them, in order)."""
-    import sys
-
-    files = list(sys.argv[1:] if argv is None else argv)
-    default = Path(__file__).resolve().parents[2] / "config.yaml"  # the repository's
-    try:
-        cfg = read_yaml_config(default) if default.is_file() else {}
-        for f in files:
-            cfg = deep_merge(cfg, read_yaml_config(f))
-        from .settings import load_settings
-
-        load_settings(cfg)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 1
-    print(f"ok: {', '.join(files) or 'config.yaml'}")
-    return 0
-
-
 def load_config(path: str | Path, overrides: Mapping | None = None) -> dict:
     """Read a YAML config (:func:`read_yaml_config`), merge ``overrides`` (deep), validate and
     fill defaults."""
@@ -181,7 +160,3 @@ def deep_merge(base: Mapping, update: Mapping) -> dict:
         else:
             out[key] = copy.deepcopy(val)
     return out
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in the tests
-    raise SystemExit(main())

@@ -99,6 +99,16 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
     with pytest.raises(ConfigError, match=rf"{f}, line 4, column 1: not valid YAML"):
         read_yaml_config(f)
     # the command the Snakefile's comment points to, for a --configfile Snakemake cannot read
-    out = subprocess.run([sys.executable, "-m", "cliplens.core.config", str(f)],
+    out = subprocess.run([sys.executable, "-m", "cliplens.core.settings", str(f)],
                          capture_output=True, text=True)
     assert out.returncode == 1 and f"{f}, line 4, column 1" in out.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("neurons: {sparse: {k: 8}}\n")
+    out = subprocess.run([sys.executable, "-m", "cliplens.core.settings", str(good)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"ok: {good}", out.stderr
+    bad = tmp_path / "badkey.yaml"
+    bad.write_text("neurons: {sparse: {k: 500, text_sets: ['builtin:pascal-context']}}\n")
+    out = subprocess.run([sys.executable, "-m", "cliplens.core.settings", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "neurons.sparse.k" in out.stderr
