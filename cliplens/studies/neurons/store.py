@@ -41,26 +41,53 @@ def unit_kind(model: ClipModel) -> str:
         f"({type(model.tower.module).__name__})")
 
 
+def unit_arrays(model: ClipModel, layer: int):
+    """The function a store row is computed with, pixels [B, 3, S, S] -> {name: [B, ...]}:
+    pair ``scalars`` (CLIP ResNets) or both neuron variants of block ``layer`` (ViTs)."""
+    if unit_kind(model) == "pairs":
+        def compute(pixels):
+            return {"scalars": decompose_pairs(model, pixels).scalars}
+        return compute
+    block = neuron_block(layer, model.tower.n_blocks, model.spec)
+    if block == model.tower.n_blocks - 1:
+        raise ValueError(f"{model.spec}: block {layer} is the last; its neurons have no later "
+                         "attention layer to pass through")
+
+    def compute(pixels):
+        rec = record_neurons(model, pixels, block)
+        return {"exact": exact_effects(model, rec), "published": published_effects(model, rec)}
+    return compute
+
+
+def streamed_blocks(model: ClipModel, dataset, name: str, layer: int,
+                    batch_size: int = 32) -> Blocks:
+    """The streaming path: a :data:`~.components.Blocks` that recomputes array ``name`` of
+    every image of ``dataset`` batch by batch on each pass, so the components need no store
+    (two model passes instead of one pass and two reads)."""
+    import torch
+
+    compute = unit_arrays(model, layer)
+
+    def gen():
+        with torch.inference_mode():
+            for a in range(0, len(dataset), batch_size):
+                b = min(len(dataset), a + batch_size)
+                px = model.preprocess(dataset.images(a, b)).to(model.device)
+                yield a, compute(px)[name].double().cpu().numpy()
+    return gen
+
+
 def extract_store(model: ClipModel, dataset, out_path: str | os.PathLike, *, layer: int,
                   start: int = 0, stop: int | None = None, batch_size: int = 32,
                   dtype: str = "float32", progress: bool = True) -> dict:
     """Rows ``start .. stop-1`` of ``dataset`` into a store shard (module docstring); ``layer``
     is the ViT block whose neurons are followed (ignored for pairs).  Returns the provenance."""
     kind = unit_kind(model)
-    if kind == "pairs":
-        def compute(pixels):
-            return {"scalars": decompose_pairs(model, pixels).scalars}
-        extra = {"units": "pairs"}
-    else:
-        block = neuron_block(layer, model.tower.n_blocks, model.spec)
-        if block == model.tower.n_blocks - 1:
-            raise ValueError(f"{model.spec}: block {layer} is the last; its neurons have no "
-                             "later attention layer to pass through")
-
-        def compute(pixels):
-            rec = record_neurons(model, pixels, block)
-            return {"exact": exact_effects(model, rec), "published": published_effects(model, rec)}
-        extra = {"units": "neurons", "layer": block, "blocks": model.tower.n_blocks}
+    compute = unit_arrays(model, layer)
+    extra = {"units": kind}
+    if kind == "neurons":
+        extra.update(layer=neuron_block(layer, model.tower.n_blocks, model.spec),
+                     blocks=model.tower.n_blocks)
     return extract_rows(model, dataset, out_path, compute, kind=KIND, start=start, stop=stop,
                         batch_size=batch_size, dtype=dtype, provenance=extra,
                         desc=f"{kind} of {model.spec}", progress=progress)

@@ -139,3 +139,33 @@ def test_the_store_refuses_other_towers_and_caps_images(tiny_world, tmp_path):
     assert list(view.index) == [i * len(data) // 7 for i in range(7)]
     assert data.labels is None or np.array_equal(view.labels, np.asarray(data.labels)[view.index])
     assert np.array_equal(np.asarray(view.images(2, 3)[0]), np.asarray(data.image(view.index[2])))
+
+
+@pytest.mark.parametrize("spec,name", [("toy:clip-vit-2", "exact"), ("toy:clip-vit-2", "published"),
+                                       ("toy:clip-rn", "scalars")])
+def test_the_streaming_path_equals_the_store(study, tiny_world, spec, name):
+    """Components recomputed from the model on each pass (no store) equal those read out of
+    core from the store: same means, norms, images and components."""
+    from cliplens.core.data.registry import open_dataset
+    from cliplens.studies.neurons.components import components
+    from cliplens.studies.neurons.store import store_blocks, streamed_blocks
+
+    _, paths = study
+    model = load_model(spec, **tiny_world.load)
+    data = jobs.store_images(open_dataset("toy", "val", **tiny_world.roots), 40)
+    with RowCache(paths[spec]["store"], "neurons") as cache:
+        if name == "scalars":
+            u = pair_directions(model.tower.attention_pool()).numpy()
+            from cliplens.studies.neurons.components import pair_components
+
+            ref = pair_components(store_blocks(cache, name, 7), u, 5)
+            got = pair_components(streamed_blocks(model, data, name, 0, batch_size=16), u, 5)
+        else:
+            ref = components(store_blocks(cache, name, 7), 5)
+            got = components(streamed_blocks(model, data, name, 0, batch_size=16), 5)
+    np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(got.top_norms, ref.top_norms, rtol=1e-4, atol=1e-8)
+    live = got.top_norms[:, -1] > 1e-5 * (np.linalg.norm(got.mean, axis=1) + got.top_norms[:, 0])
+    assert live.mean() > 0.5
+    np.testing.assert_array_equal(got.top_images[live], ref.top_images[live])
+    assert ((got.pc0 * ref.pc0).sum(1)[live] >= 0.9999).all()
