@@ -22,7 +22,7 @@ r_i = s_i u is rank one, so mean = mean(s) u, norm_i = |s_i - mean(s)| ||u||, an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -134,8 +134,7 @@ class _TopK:
             low_val[units] = self.norms[units, low[units]]
 
 
-def components(blocks: Blocks, k: int, progress: Callable[[str], Iterator] | None = None
-               ) -> Components:
+def components(blocks: Blocks, k: int) -> Components:
     """Mean, top-k and pc0 of every unit from two passes of ``blocks`` (each a fresh iterator of
     (start, [b, U, D]) covering the images in order): the first sums (float64), the second
     keeps each unit's k largest centred rows.  Equal to :func:`components_dense` on the

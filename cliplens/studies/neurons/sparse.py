@@ -47,18 +47,21 @@ def check_k(k: int, n_texts: int, width: int) -> None:
 
 
 def omp_batched(directions: np.ndarray, dictionary: np.ndarray, k: int,
-                chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                chunk: int = 256, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact-k OMP of directions Y [U, D] over atoms T [M, D], ``chunk`` directions at a time
     (float64, torch): at step t, ``j_t = argmax_j |<r, T_j>|`` over atoms not yet chosen, then
     ``w = (A A^T)^{-1} A y`` on the chosen atoms A [t, D] and ``r = y - w A``.  Returns
     (support [U, k] atom indices in the order chosen, weights [U, k])."""
     import torch
+    from tqdm import tqdm
 
     t_all = torch.as_tensor(np.asarray(dictionary, dtype=np.float64))
     y_all = torch.as_tensor(np.asarray(directions, dtype=np.float64))
     u = y_all.shape[0]
     support = np.zeros((u, k), dtype=np.int64)
     weights = np.zeros((u, k))
+    bar = tqdm(total=u, unit="dir", desc=f"OMP k={k}", disable=not progress or u <= chunk,
+               mininterval=2.0)
     for a in range(0, u, chunk):
         y = y_all[a:a + chunk]
         b = y.shape[0]
@@ -79,6 +82,8 @@ def omp_batched(directions: np.ndarray, dictionary: np.ndarray, k: int,
             r = y - (w[:, None, :] @ atoms)[:, 0]
         support[a:a + b] = sup.numpy()
         weights[a:a + b] = w.numpy()
+        bar.update(b)
+    bar.close()
     return support, weights
 
 

@@ -93,10 +93,11 @@ def extract_store(model: ClipModel, dataset, out_path: str | os.PathLike, *, lay
                         desc=f"{kind} of {model.spec}", progress=progress)
 
 
-def store_blocks(cache: RowCache, name: str, block_rows: int | None = None) -> Blocks:
+def store_blocks(cache: RowCache, name: str, block_rows: int | None = None,
+                 progress: bool = True) -> Blocks:
     """A pass over ``name`` of an open store in blocks of ``block_rows`` rows (None: the HDF5
     chunk's rows, taken from the first shard of a gathered store); each block's values are
-    checked like every cache read."""
+    checked like every cache read.  Each pass shows a progress bar (``progress``)."""
     ds = cache.array(name)
     if block_rows is None:
         chunks = ds.chunks
@@ -112,7 +113,12 @@ def store_blocks(cache: RowCache, name: str, block_rows: int | None = None) -> B
     n = len(cache)
 
     def gen():
-        for a in range(0, n, block_rows):
-            yield a, np.asarray(cache.read(name, np.arange(a, min(n, a + block_rows))),
-                                dtype=np.float64)
+        from tqdm import tqdm
+
+        with tqdm(total=n, unit="img", desc=f"pass over {name}", disable=not progress,
+                  mininterval=2.0) as bar:
+            for a in range(0, n, block_rows):
+                b = min(n, a + block_rows)
+                yield a, np.asarray(cache.read(name, np.arange(a, b)), dtype=np.float64)
+                bar.update(b - a)
     return gen
