@@ -1,0 +1,72 @@
+"""Replacement and ablation of units: the algebra of keeping, mean-ablating and replacing by a
+direction, for vectors and for pairs' scalars."""
+
+import numpy as np
+import pytest
+
+from cliplens.studies.neurons.analysis import (ABLATE, KEEP, REPLACE, changed_pairs,
+                                               changed_units, unit_mask)
+from cliplens.studies.neurons.components import array_blocks, pair_components
+
+
+def test_keeping_every_unit_is_their_sum_and_ablating_is_the_mean():
+    rng = np.random.default_rng(0)
+    reps = rng.standard_normal((12, 5, 4))
+    mean = reps.mean(0)
+    keep = np.full(5, KEEP)
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, keep), reps.sum(1))
+    ablate = np.full(5, ABLATE)
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, ablate),
+                               np.broadcast_to(mean.sum(0), (12, 4)))
+    mixed = np.array([KEEP, ABLATE, KEEP, ABLATE, ABLATE])
+    want = reps[:, [0, 2]].sum(1) + mean[[1, 3, 4]].sum(0)
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 3), mean, mixed), want)
+
+
+def test_replacing_a_rank_one_unit_by_its_direction_is_exact():
+    """A unit whose vectors all lie on one line (plus its mean) is unchanged by replacement
+    on that line; a unit off the line loses its orthogonal part."""
+    rng = np.random.default_rng(1)
+    n, d = 20, 6
+    line = rng.standard_normal(d)
+    base = rng.standard_normal(d)
+    reps = np.stack([base + rng.standard_normal((n, 1)) * line,
+                     rng.standard_normal((n, d))], axis=1)              # [n, 2, d]
+    mean = reps.mean(0)
+    dirs = np.stack([line, np.eye(d)[0]])
+    got = changed_units(array_blocks(reps, 7), mean, np.full(2, REPLACE), dirs)
+    e0 = np.eye(d)[0]
+    want = reps[:, 0] + mean[1] + ((reps[:, 1] - mean[1]) @ e0)[:, None] * e0
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    with pytest.raises(ValueError, match="needs their directions"):
+        changed_units(array_blocks(reps, 7), mean, np.full(2, REPLACE))
+
+
+def test_pairs_from_scalars_equal_the_materialised_vectors():
+    rng = np.random.default_rng(2)
+    n, h, c, d = 15, 2, 3, 5
+    s = rng.standard_normal((n, h, c)) + 2
+    u = rng.standard_normal((h, c, d))
+    reps = (s[..., None] * u).reshape(n, h * c, d)
+    comp = pair_components(array_blocks(s, 4), u, k=5)
+    s_mean = s.reshape(n, -1).mean(0)
+    texts = rng.standard_normal((h * c, d))                             # other directions
+    for modes, dirs in ((np.full(h * c, REPLACE), comp.pc0),
+                        (np.full(h * c, REPLACE), texts),
+                        (np.array([KEEP, ABLATE, REPLACE, KEEP, ABLATE, REPLACE]), texts)):
+        want = changed_units(array_blocks(reps, 4), comp.mean, modes, dirs)
+        got = changed_pairs(array_blocks(s, 4), u, s_mean, modes, dirs)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # pairs replaced by their first component: exactly their own sum (rank one)
+    np.testing.assert_allclose(changed_pairs(array_blocks(s, 4), u, s_mean,
+                                             np.full(h * c, REPLACE), comp.pc0), reps.sum(1),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_the_published_mask_keeps_the_top_tenth():
+    top = np.arange(100, dtype=float)[:, None] * np.ones((1, 3))
+    keep = unit_mask(top, 90)
+    assert keep.sum() == 10 and keep[90:].all()
+    assert unit_mask(top, 0).all()
+    with pytest.raises(ValueError, match="percentile"):
+        unit_mask(top, 101)
