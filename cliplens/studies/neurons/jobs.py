@@ -25,7 +25,7 @@ from ...core.settings import NeuronComponents, NeuronSparse, NeuronTable
 from ...core.text.textsets import read_texts
 from .components import Components, components, pair_components
 from .pairs import pair_bias, pair_directions
-from .sparse import sparse_codes, text_dictionary, top_texts
+from .sparse import sparse_decompose, text_dictionary, top_texts
 from .store import KIND, VARIANTS, extract_store, store_blocks
 
 log = logging.getLogger("cliplens")
@@ -151,9 +151,9 @@ def run_sparse(*, spec: str, components_path: str, texts: str, cfg: Mapping[str,
                        f"({prov['dataset']}/{prov['split']}, {prov['images']} images), k = "
                        f"{cfg.k} of {len(names)} texts, {cfg.normalise}-normalised\n"]
     for variant, comp in comps.items():
-        codes = sparse_codes(comp["pc0"], dictionary, cfg.k)
-        picked = top_texts(codes, names, cfg.k)
-        err = np.linalg.norm(comp["pc0"] - codes @ dictionary, axis=1)
+        res = sparse_decompose(comp["pc0"], dictionary, cfg.k)
+        picked = top_texts(res, names)
+        err = np.linalg.norm(comp["pc0"] - res.directions(dictionary), axis=1)
         result["variants"][variant] = {
             u: {"texts": [t for t, _ in p], "weights": [w for _, w in p],
                 "residual": float(e)} for u, p, e in zip(units, picked, err)}

@@ -4,7 +4,8 @@ and bad k is named."""
 import numpy as np
 import pytest
 
-from cliplens.studies.neurons.sparse import sparse_codes, text_dictionary, top_texts
+from cliplens.studies.neurons.sparse import (sparse_codes, sparse_decompose, text_dictionary,
+                                             top_texts)
 
 
 def test_a_direction_built_from_three_texts_is_recovered():
@@ -20,7 +21,7 @@ def test_a_direction_built_from_three_texts_is_recovered():
     for j, w in truth.items():
         assert codes[0, j] == pytest.approx(w, abs=1e-9)
     texts = [f"t{i}" for i in range(200)]
-    assert top_texts(codes, texts, 3)[0] == [("t5", pytest.approx(2.0)),
+    assert top_texts(sparse_decompose(y, dic, 3), texts)[0] == [("t5", pytest.approx(2.0)),
                                              ("t17", pytest.approx(-1.0)),
                                              ("t123", pytest.approx(0.5))]
 
@@ -67,3 +68,20 @@ def test_batched_omp_has_sklearns_supports_and_weights(normalise):
     np.testing.assert_allclose(batched, ref, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError, match="method must be"):
         sparse_codes(y, dic, 2, method="lars")
+
+
+def test_one_run_gives_every_smaller_k():
+    """The weights kept after n steps equal an OMP run with k = n, and directions() rebuilds
+    the approximation from support and weights."""
+    rng = np.random.default_rng(5)
+    dic = text_dictionary(rng.standard_normal((300, 32)))
+    y = rng.standard_normal((6, 32))
+    full = sparse_decompose(y, dic, 12, steps=(1, 4, 8))
+    for n in (1, 4, 8):
+        alone = sparse_decompose(y, dic, n)
+        np.testing.assert_array_equal(full.support[:, :n], alone.support)
+        np.testing.assert_allclose(full.at[n], alone.weights, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(full.directions(dic, n), sparse_codes(y, dic, n) @ dic,
+                                   rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="need method='batched'"):
+        sparse_decompose(y, dic, 4, method="sklearn", steps=(2,))
