@@ -1,14 +1,17 @@
 # Study 003: second-order effects of neurons (ViTs) and neuron-head pairs (CLIP ResNets)
 # (cliplens/studies/neurons/, settings neurons.*).
 #
-#   {R}/neurons/{model}/{dataset}/{split}/store.h5    per image, each unit's effect on the
-#       embedding: pair scalars [N, H, C] or both neuron variants [N, neurons, D] (sharded like
+#   {R}/neurons/{model}/{dataset}/{split}/{rows}/store.h5   per image ({rows}: "all" or that
+#       many spread over the split), each unit's effect on the embedding: pair scalars
+#       [N, H, C] or both neuron variants [N, neurons, D], and the embeddings (sharded like
 #       every row cache: store/shards/{i}-of-{n}.h5, joined by a VDS)
 #   {R}/neurons/{model}/components.h5                 per unit: mean, top-k images and norms,
 #       first principal component (out of core; pairs in closed form)
 #   {R}/neurons/{model}/texts.npz                     text sets and their embeddings
 #   {R}/neurons/{model}/sparse.{json,txt}, {R}/tables/neurons/{model}/top_units.csv
 #       each component as neurons.sparse.k texts; the strongest units with their texts
+#   {R}/tables/neurons/{model}/effects.csv, {R}/figures/neurons/{model}/effects.png
+#       zero-shot accuracy with the units replaced (component, n texts) or mean-ablated
 
 
 include: "helpers/neurons.smk"
@@ -19,14 +22,15 @@ rule neurons_store_shard:
         model=lambda w: model_inputs(w.model),
         data=lambda w: dataset_inputs(w.dataset, w.split),
     output:
-        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/store/shards/{{i}}-of-{{n}}.h5",
+        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/{{rows}}/store/shards/{{i}}-of-{{n}}.h5",
     log:
-        f"{R}/logs/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.log",
+        f"{R}/logs/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{rows}}/{{i}}-of-{{n}}.log",
     benchmark:
-        f"{R}/benchmarks/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{i}}-of-{{n}}.tsv"
+        f"{R}/benchmarks/neurons_store_shard/{{model}}/{{dataset}}/{{split}}/{{rows}}/{{i}}-of-{{n}}.tsv"
     wildcard_constraints:
         i=r"\d+",
         n=r"\d+",
+        rows=r"all|\d+",
     conda:
         "../envs/cliplens.yaml"
     threads: cache_threads
@@ -38,7 +42,7 @@ rule neurons_store_shard:
         spec=lambda w: model_spec(w.model),
         dataset="{dataset}",
         split="{split}",
-        images=NEURONS.images,
+        images=neurons_images,
         shard=lambda w: int(w.i),
         n_shards=lambda w: int(w.n),
         layer=NEURONS.layer,
@@ -53,9 +57,11 @@ rule neurons_store_gather:
     input:
         neurons_store_shards,
     output:
-        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/store.h5",
+        f"{R}/neurons/{{model}}/{{dataset}}/{{split}}/{{rows}}/store.h5",
     log:
-        f"{R}/logs/neurons_store_gather/{{model}}/{{dataset}}/{{split}}.log",
+        f"{R}/logs/neurons_store_gather/{{model}}/{{dataset}}/{{split}}/{{rows}}.log",
+    wildcard_constraints:
+        rows=r"all|\d+",
     conda:
         "../envs/cliplens.yaml"
     threads: 1
@@ -136,3 +142,35 @@ rule neurons_sparse:
         table=NEURONS.table.to_dict(),
     script:
         "../workflow_scripts/neurons/neurons_sparse.py"
+
+
+rule neurons_effects:
+    input:
+        unpack(neurons_effects_inputs),
+        components=f"{R}/neurons/{{model}}/components.h5",
+        texts=f"{R}/neurons/{{model}}/texts.npz",
+        model=lambda w: model_inputs(w.model),
+    output:
+        csv=f"{R}/tables/neurons/{{model}}/effects.csv",
+        png=report(
+            f"{R}/figures/neurons/{{model}}/effects.png",
+            category="Study 003: neurons and pairs",
+            caption="../report/neurons/effects.rst",
+        ),
+    log:
+        f"{R}/logs/neurons_effects/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/neurons_effects/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.effects.to_dict(),
+        sparse=NEURONS.sparse.to_dict(),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_effects.py"

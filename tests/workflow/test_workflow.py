@@ -58,8 +58,10 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["heads_spurious"] == 3 and "heads_factors" not in stats, stats
     assert "gtsegs_ijcv.mat" in text or "imagenet-seg" in text
     # study 003 as published: RN50x16 pairs and ViT-B-32 neurons over 1000 ImageNet val images
-    assert stats["neurons_store_gather"] == 2 and stats["neurons_sparse"] == 2, stats
-    assert "neurons/open_clip--RN50x16@openai/imagenet/val/store.h5" in text
+    assert stats["neurons_store_gather"] == 4 and stats["neurons_sparse"] == 2, stats  # fit + task
+    assert stats["neurons_effects"] == 2, stats
+    assert "neurons/open_clip--RN50x16@openai/imagenet/val/1000/store.h5" in text
+    assert "neurons/open_clip--RN50x16@openai/imagenet/val/5000/store.h5" in text
     assert elapsed < 60, elapsed
 
 
@@ -204,10 +206,10 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     # components of every unit; the table ranks units by their mean top-k norm.
     from cliplens.core.caches.rows import RowCache
 
-    with RowCache(res / "neurons/toy--clip-rn/toy/val/store.h5", "neurons") as cache:
+    with RowCache(res / "neurons/toy--clip-rn/toy/val/60/store.h5", "neurons") as cache:
         assert cache.provenance["units"] == "pairs" and len(cache) == 60
-        assert cache.provenance["of_n"] == 100 and cache.provenance["rows"] == "spread"
-    with RowCache(res / "neurons/toy--clip-vit-2/toy/val/store.h5", "neurons") as cache:
+        assert cache.provenance["of_n"] == 100 and cache.provenance["subset"] == "spread"
+    with RowCache(res / "neurons/toy--clip-vit-2/toy/val/60/store.h5", "neurons") as cache:
         assert {"exact", "published"} <= set(cache.names) and cache.provenance["layer"] == 0
     for m, variants in (("toy--clip-rn", {"pairs"}), ("toy--clip-vit-2", {"exact", "published"})):
         with h5py.File(res / f"neurons/{m}/components.h5") as h5:
@@ -222,6 +224,12 @@ def test_tiny_config_runs_end_to_end(tmp_path):
             norms = [float(r["mean_top_norm"]) for r in top if r["variant"] == v]
             assert norms == sorted(norms, reverse=True)
             assert all(1 <= len(r["texts"].split("; ")) <= 3 for r in top if r["variant"] == v)
+        eff = list(csv.DictReader((res / f"tables/neurons/{m}/effects.csv").open()))
+        acc = {(r["what"], r["n_texts"] or r["percentile"]): float(r["accuracy"]) for r in eff}
+        assert acc[("ablated", "0.0")] == pytest.approx(acc[("original", "")])
+        if m == "toy--clip-rn":  # pairs are rank one: their first component is exact
+            assert acc[("component", "")] == pytest.approx(acc[("original", "")])
+        assert is_png(res / f"figures/neurons/{m}/effects.png")
 
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
@@ -239,7 +247,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert "Produced with models ['toy:clip-vit', 'toy:siglip2-32']" in caption
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
-                "spurious.png"):
+                "spurious.png", "effects.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -262,7 +270,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "textspan texts": ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 2]}}},
                            {**HEADS_JOBS, "all": 1}),
         # the number of texts per component re-decomposes, nothing else
-        "sparse k": ({"neurons": {"sparse": {"k": 3}}}, {"neurons_sparse": 2, "all": 1}),
+        "sparse k": ({"neurons": {"sparse": {"k": 4, "normalise": "columns"}}},
+                     {"neurons_sparse": 2, "neurons_effects": 2, "all": 1}),
         # settings that cannot change a result rerun nothing
         "hf_home": ({"hf_home": str(tmp_path / "elsewhere")}, {}),
         "device": ({"device": "cpu"}, {}),

@@ -78,6 +78,12 @@ class FirstRows(ImageDataset):
         return {**self.base.describe(), "n": self.n, "of_n": len(self.base)}
 
 
+def spread_index(n: int, of_n: int) -> np.ndarray:
+    """Rows of a dataset of ``of_n`` that :class:`SpreadRows` takes for ``n`` (n <= of_n):
+    ``floor(i * of_n / n)``."""
+    return (np.arange(n, dtype=np.int64) * of_n) // n
+
+
 class SpreadRows(ImageDataset):
     """``n`` images of ``base`` spread evenly over it: row i is ``base`` row
     ``floor(i * len(base) / n)`` (all of ``base`` if it has at most ``n``), so a subset of a
@@ -86,7 +92,7 @@ class SpreadRows(ImageDataset):
     def __init__(self, base: ImageDataset, n: int):
         self.base = base
         self.n = min(int(n), len(base))
-        self.index = (np.arange(self.n, dtype=np.int64) * len(base)) // self.n
+        self.index = spread_index(self.n, len(base))
         self.name, self.split = base.name, base.split
         self.labels = None if base.labels is None else np.asarray(base.labels)[self.index]
         self.classnames = base.classnames
@@ -103,7 +109,7 @@ class SpreadRows(ImageDataset):
         return [self.image(i) for i in range(start, min(stop, self.n))]
 
     def describe(self) -> dict:
-        return {**self.base.describe(), "n": self.n, "of_n": len(self.base), "rows": "spread"}
+        return {**self.base.describe(), "n": self.n, "of_n": len(self.base), "subset": "spread"}
 
 
 def parse_rows(rows: str | int | None) -> int | None:

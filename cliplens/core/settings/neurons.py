@@ -25,6 +25,15 @@ class NeuronSparse(Section):
 
 
 @dataclass(frozen=True)
+class NeuronEffects(Section):
+    SCHEMA: ClassVar[str] = "neurons.effects"
+    task: str | None
+    images: int | None
+    replace_n_texts: tuple[int, ...]
+    percentiles: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class NeuronTable(Section):
     SCHEMA: ClassVar[str] = "neurons.table"
     top: int
@@ -44,4 +53,5 @@ class NeuronsSettings(Section):
     batch_size: int
     components: NeuronComponents
     sparse: NeuronSparse
+    effects: NeuronEffects
     table: NeuronTable

@@ -247,6 +247,17 @@ def _neuron_problems(s, bad_models) -> list[tuple[str, str]]:
     if n_texts is not None and ns.sparse.k > n_texts:
         out.append(("neurons.sparse.k", f"k = {ns.sparse.k} texts per component, but "
                                         f"neurons.sparse.text_sets give {n_texts}"))
+    ef = ns.effects
+    if ef.task is not None:
+        from ..data.tasks import TASKS
+
+        if ef.task not in TASKS:
+            out.append(("neurons.effects.task", f"unknown zero-shot task {ef.task!r}; known: "
+                                                f"{sorted(TASKS)}"))
+        if ef.replace_n_texts and max(ef.replace_n_texts) > ns.sparse.k:
+            out.append(("neurons.effects.replace_n_texts",
+                        f"asks for {max(ef.replace_n_texts)} texts, but neurons.sparse.k = "
+                        f"{ns.sparse.k} are chosen per component"))
     n = (_splits_of(ns.dataset, s.toy) or {}).get(ns.split)
     if n is not None:
         n = n if ns.images is None else min(n, ns.images)

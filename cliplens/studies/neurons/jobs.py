@@ -21,9 +21,11 @@ from ...core.data.registry import open_dataset
 from ...core.io import (atomic_path, check_provenance, create_checked, library_versions, mark_complete, open_h5, reading, set_provenance,
                         write_json_atomic, write_table, write_text_atomic)
 from ...core.models.registry import load_model
-from ...core.settings import NeuronComponents, NeuronSparse, NeuronTable
+from ...core.settings import NeuronComponents, NeuronEffects, NeuronSparse, NeuronTable
 from ...core.text.textsets import read_texts
+from .analysis import ABLATE, KEEP, REPLACE, changed_pairs, changed_units, unit_mask
 from .components import Components, components, pair_components
+from .figures import plot_effects
 from .pairs import pair_bias, pair_directions
 from .sparse import sparse_decompose, text_dictionary, top_texts
 from .store import KIND, VARIANTS, extract_store, store_blocks
@@ -89,8 +91,10 @@ def run_components(*, spec: str, load: Mapping[str, Any], store: str, cfg: Mappi
             u = pair_directions(pool).float().cpu().numpy()
             bias = pair_bias(pool).float().cpu().numpy()
             shape = list(u.shape[:2])
+            # the means are the pairs' own (s u); the pool's bias, which the published pairs
+            # share equally, is written beside them (pair_bias) for whoever wants that form
             results["pairs"] = pair_components(store_blocks(cache, "scalars", cfg.block_rows),
-                                               u, cfg.top_k, bias=bias)
+                                               u, cfg.top_k)
         else:
             shape = [int(cache.array("exact").shape[1])]
             for v in VARIANTS:
@@ -105,6 +109,8 @@ def run_components(*, spec: str, load: Mapping[str, Any], store: str, cfg: Mappi
         with h5py.File(tmp, "w") as h5:
             for group, comp in results.items():
                 _write_components(h5, group, comp)
+            if prov["units"] == "pairs":
+                create_checked(h5["pairs"], "pair_bias", bias.astype(np.float32))
             set_provenance(h5, out_prov)
             mark_complete(h5)
     log.info("%s: components of %d %s (%s) over %d images, top-%d", spec,
@@ -178,3 +184,85 @@ def run_sparse(*, spec: str, components_path: str, texts: str, cfg: Mapping[str,
              len(comps), len(names))
     return result
 
+
+
+def run_effects(*, spec: str, load: Mapping[str, Any], cfg: Mapping[str, Any],
+                sparse: Mapping[str, Any], roots: Mapping[str, str], store: str,
+                components_path: str, texts: str, out_csv: str, out_png: str) -> pd.DataFrame:
+    """Zero-shot accuracy on ``cfg.task``'s images (the store of its split) with the units
+    changed (:mod:`.analysis`): the model's own embeddings ("original"); every unit replaced by
+    its first component ("component") and by its first n sparse texts ("texts", n in
+    ``cfg.replace_n_texts``, one OMP run with the steps kept); the units below each percentile
+    of mean top-k norm mean-ablated ("ablated").  ViT neurons: the exact variant, whose terms
+    and the rest add up to the embedding.  Writes the table and its figure."""
+    from ...core.data.views import spread_index
+    from ...core.text.zeroshot import argmax_accuracy, task_classifier
+
+    cfg, sp = NeuronEffects.from_dict(cfg), NeuronSparse.from_dict(sparse)
+    comps, prov = read_components(components_path, spec)
+    variant = "pairs" if prov["units"] == "pairs" else "exact"
+    comp = comps[variant]
+    names, emb, _ = read_texts(texts, spec)
+    dictionary = text_dictionary(emb, sp.normalise)
+    steps = sorted(set(cfg.replace_n_texts))
+    res = sparse_decompose(comp["pc0"], dictionary, max(steps), steps=steps)
+    model = load_model(spec, **load)
+    W, ds, _ = task_classifier(model, cfg.task, roots)
+    n_units = comp["mean"].shape[0]
+    with RowCache(store, KIND, {"model": spec}) as cache:
+        sprov = cache.provenance
+        n, of_n = len(cache), int(sprov.get("of_n", len(cache)))
+        rows_in_split = spread_index(n, of_n) if sprov.get("subset") == "spread" else np.arange(n)
+        labels = np.asarray(ds.labels)[rows_in_split]
+        embeddings = cache.load("embeddings").astype(np.float64)
+        if prov["units"] == "pairs":
+            pool = model.tower.attention_pool()
+            u = pair_directions(pool).double().cpu().numpy()
+            s_mean = _pair_scalar_means(comp["mean"], u)
+            blocks = store_blocks(cache, "scalars", progress=False)
+
+            def change(modes, directions=None):
+                return changed_pairs(blocks, u, s_mean, modes, directions)
+        else:
+            blocks = store_blocks(cache, "exact", progress=False)
+
+            def change(modes, directions=None):
+                return changed_units(blocks, comp["mean"], modes, directions)
+        units_now = change(np.full(n_units, KEEP))
+        rest = embeddings - units_now
+        rows = []
+
+        def acc(total):
+            return argmax_accuracy(total, W, labels)
+
+        chance = 1.0 / W.shape[1]
+        rows.append({"what": "original", "n_texts": None, "percentile": None,
+                     "units_kept": n_units, "accuracy": acc(embeddings)})
+        rows.append({"what": "component", "n_texts": None, "percentile": None, "units_kept": 0,
+                     "accuracy": acc(rest + change(np.full(n_units, REPLACE), comp["pc0"]))})
+        for k in steps:
+            d = res.directions(dictionary, k)
+            rows.append({"what": "texts", "n_texts": k, "percentile": None, "units_kept": 0,
+                         "accuracy": acc(rest + change(np.full(n_units, REPLACE), d))})
+        for p in sorted(set(cfg.percentiles)):
+            keep = unit_mask(comp["top_norms"], p)
+            modes = np.where(keep, KEEP, ABLATE)
+            rows.append({"what": "ablated", "n_texts": None, "percentile": p,
+                         "units_kept": int(keep.sum()), "accuracy": acc(rest + change(modes))})
+    table = pd.DataFrame(rows).assign(task=cfg.task, images=n, units=n_units, variant=variant,
+                                      chance=chance)
+    write_table(out_csv, table)
+    plot_effects(table, out_png, f"{spec}: {n_units} {prov['units']} ({variant}), "
+                                 f"{cfg.task}, {n} images")
+    log.info("%s on %s: original %.4f, components %.4f, %d texts %.4f, top %.0f%% kept %.4f",
+             spec, cfg.task, rows[0]["accuracy"], rows[1]["accuracy"], steps[-1],
+             rows[1 + len(steps)]["accuracy"], 100 - max(cfg.percentiles), rows[-1]["accuracy"])
+    return table
+
+
+def _pair_scalar_means(mean: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """mean(s) per pair [U] from the pairs' mean vectors ``mean(s) u`` [U, D] (written without
+    the pool's bias, :func:`run_components`) and their directions u [H, C, D]."""
+    uf = u.reshape(-1, u.shape[-1])
+    nn = (uf * uf).sum(1)
+    return np.divide((mean * uf).sum(1), nn, out=np.zeros(len(nn)), where=nn > 0)

@@ -1,5 +1,7 @@
 """Study 003's stores: per image, every unit's effect on the embedding, as a row cache.
 
+Every store also holds the model's ``/embeddings`` [N, D].
+
 * CLIP ResNets (pairs): ``/scalars`` [N, H, C] -- the pair scalars s (:mod:`.pairs`); the
   directions u [H, C, D] are the weights', rebuilt by whoever reads the store, so the store is
   N H C numbers instead of the published N H C D;
@@ -43,10 +45,12 @@ def unit_kind(model: ClipModel) -> str:
 
 def unit_arrays(model: ClipModel, layer: int):
     """The function a store row is computed with, pixels [B, 3, S, S] -> {name: [B, ...]}:
-    pair ``scalars`` (CLIP ResNets) or both neuron variants of block ``layer`` (ViTs)."""
+    pair ``scalars`` (CLIP ResNets) or both neuron variants of block ``layer`` (ViTs), and the
+    model's own ``embeddings`` [B, D] (what the units and the rest add up to)."""
     if unit_kind(model) == "pairs":
         def compute(pixels):
-            return {"scalars": decompose_pairs(model, pixels).scalars}
+            return {"scalars": decompose_pairs(model, pixels).scalars,
+                    "embeddings": model.encode_image(pixels)}
         return compute
     block = neuron_block(layer, model.tower.n_blocks, model.spec)
     if block == model.tower.n_blocks - 1:
@@ -55,7 +59,8 @@ def unit_arrays(model: ClipModel, layer: int):
 
     def compute(pixels):
         rec = record_neurons(model, pixels, block)
-        return {"exact": exact_effects(model, rec), "published": published_effects(model, rec)}
+        return {"exact": exact_effects(model, rec), "published": published_effects(model, rec),
+                "embeddings": rec.embedding}
     return compute
 
 

@@ -18,4 +18,5 @@ def test_spread_rows_cover_a_class_sorted_dataset():
     assert sorted(set(view.labels)) == [0, 1, 2]
     assert [np.asarray(im)[0, 0, 0] for im in view.images(0, 6)] == [0, 5, 10, 15, 20, 25]
     assert view.describe()["n"] == 6 and view.describe()["of_n"] == 30
+    assert view.describe()["subset"] == "spread"
     assert len(SpreadRows(base, 100)) == 30

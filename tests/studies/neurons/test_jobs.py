@@ -169,3 +169,61 @@ def test_the_streaming_path_equals_the_store(study, tiny_world, spec, name):
     assert live.mean() > 0.5
     np.testing.assert_array_equal(got.top_images[live], ref.top_images[live])
     assert ((got.pc0 * ref.pc0).sum(1)[live] >= 0.9999).all()
+
+
+@pytest.fixture(scope="module")
+def effects(study, tiny_world):
+    out, paths = study
+    tables = {}
+    for spec in MODELS:
+        p = paths[spec]
+        shard, store = str(out / f"{p['slug']}.test.0.h5"), str(out / f"{p['slug']}.test.h5")
+        jobs.run_extract_shard(spec=spec, load=tiny_world.load, dataset="toy", split="test",
+                               images=40, shard=0, n_shards=1, layer=0, batch_size=16,
+                               dtype="float32", roots=tiny_world.roots, out=shard)
+        run_gather(shards=[shard], out=store)
+        tables[spec] = jobs.run_effects(
+            spec=spec, load=tiny_world.load,
+            cfg={"task": "toy-colour", "images": 40, "replace_n_texts": [1, 2, 4],
+                 "percentiles": [0, 50, 90]},
+            sparse={**tiny_world.S.neurons.sparse.to_dict(), "k": 4}, roots=tiny_world.roots,
+            store=store, components_path=p["comp"], texts=p["texts"],
+            out_csv=str(out / f"{p['slug']}.effects.csv"),
+            out_png=str(out / f"{p['slug']}.effects.png"))
+    return out, tables
+
+
+def test_effects_tables_hold_the_algebra(effects, tiny_world):
+    """The original accuracy is the model's own on the task's images; keeping every unit
+    (percentile 0) changes nothing; pairs replaced by their first component are exactly
+    themselves (rank one); the figure is drawn."""
+    from cliplens.core.text.zeroshot import argmax_accuracy, task_classifier
+
+    out, tables = effects
+    for spec, t in tables.items():
+        by = {(r.what, r.n_texts if r.what == "texts" else r.percentile): r.accuracy
+              for r in t.itertuples()}
+        orig = by[("original", None)] if ("original", None) in by else t[
+            t["what"] == "original"]["accuracy"].iloc[0]
+        model = load_model(spec, **tiny_world.load)
+        W, ds, _ = task_classifier(model, "toy-colour", tiny_world.roots)
+        view = jobs.store_images(ds, 40)
+        import torch
+
+        with torch.inference_mode():
+            emb = model.encode_image(model.preprocess(view.images(0, 40))).double().numpy()
+        slug = spec.replace(":", "--")
+        with RowCache(out / f"{slug}.test.h5", "neurons") as cache:
+            stored = cache.load("embeddings").astype(np.float64)
+        np.testing.assert_allclose(stored, emb, rtol=1e-4, atol=1e-6)  # the task's images
+        assert orig == pytest.approx(argmax_accuracy(stored, W, view.labels))
+        kept_all = t[(t["what"] == "ablated") & (t["percentile"] == 0)]
+        assert kept_all["accuracy"].iloc[0] == pytest.approx(orig)
+        assert int(kept_all["units_kept"].iloc[0]) == int(t["units"].iloc[0])
+        top10 = t[(t["what"] == "ablated") & (t["percentile"] == 90)]
+        assert int(top10["units_kept"].iloc[0]) == pytest.approx(0.1 * t["units"].iloc[0], abs=2)
+        assert sorted(t.loc[t["what"] == "texts", "n_texts"]) == [1, 2, 4]
+        if spec == "toy:clip-rn":
+            comp = t[t["what"] == "component"]["accuracy"].iloc[0]
+            assert comp == pytest.approx(orig)
+        assert (out / f"{slug}.effects.png").read_bytes()[:4] == b"\x89PNG"
