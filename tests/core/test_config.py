@@ -103,7 +103,7 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1 and f"{f}, line 4, column 1" in out.stderr
     good = tmp_path / "good.yaml"
-    good.write_text("neurons: {sparse: {k: 8}}\n")
+    good.write_text("neurons: {sparse: {k: 32}}\n")
     out = subprocess.run([sys.executable, "-m", "cliplens.core.settings", str(good)],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"ok: {good}", out.stderr
