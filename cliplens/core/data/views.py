@@ -54,45 +54,14 @@ class TransformedView(ImageDataset):
         return out
 
 
-class FirstRows(ImageDataset):
-    """The first ``n`` images of ``base`` (all if it has fewer)."""
+class RowSubset(ImageDataset):
+    """Rows ``index`` [n] (increasing) of ``base``; ``subset`` names how they were chosen in
+    :meth:`describe` (with ``n`` and ``of_n``).  Contiguous rows are read with one
+    ``base.images`` call."""
 
-    def __init__(self, base: ImageDataset, n: int):
-        self.base, self.n = base, min(int(n), len(base))
-        self.name, self.split = base.name, base.split
-        self.labels = None if base.labels is None else np.asarray(base.labels)[: self.n]
-        self.classnames = base.classnames
-
-    def __len__(self) -> int:
-        return self.n
-
-    def image(self, i: int) -> Image.Image:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.base.image(i)
-
-    def images(self, start: int, stop: int) -> list[Image.Image]:
-        return self.base.images(start, min(stop, self.n))
-
-    def describe(self) -> dict:
-        return {**self.base.describe(), "n": self.n, "of_n": len(self.base)}
-
-
-def spread_index(n: int, of_n: int) -> np.ndarray:
-    """Rows of a dataset of ``of_n`` that :class:`SpreadRows` takes for ``n`` (n <= of_n):
-    ``floor(i * of_n / n)``."""
-    return (np.arange(n, dtype=np.int64) * of_n) // n
-
-
-class SpreadRows(ImageDataset):
-    """``n`` images of ``base`` spread evenly over it: row i is ``base`` row
-    ``floor(i * len(base) / n)`` (all of ``base`` if it has at most ``n``), so a subset of a
-    dataset stored class by class (ImageNet val) still covers every class."""
-
-    def __init__(self, base: ImageDataset, n: int):
-        self.base = base
-        self.n = min(int(n), len(base))
-        self.index = spread_index(self.n, len(base))
+    def __init__(self, base: ImageDataset, index: np.ndarray, subset: str | None = None):
+        self.base, self.index, self.subset = base, np.asarray(index, dtype=np.int64), subset
+        self.n = len(self.index)
         self.name, self.split = base.name, base.split
         self.labels = None if base.labels is None else np.asarray(base.labels)[self.index]
         self.classnames = base.classnames
@@ -106,10 +75,36 @@ class SpreadRows(ImageDataset):
         return self.base.image(int(self.index[i]))
 
     def images(self, start: int, stop: int) -> list[Image.Image]:
-        return [self.image(i) for i in range(start, min(stop, self.n))]
+        rows = self.index[start:min(stop, self.n)]
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+            return self.base.images(int(rows[0]), int(rows[-1]) + 1)
+        return [self.base.image(int(r)) for r in rows]
 
     def describe(self) -> dict:
-        return {**self.base.describe(), "n": self.n, "of_n": len(self.base), "subset": "spread"}
+        out = {**self.base.describe(), "n": self.n, "of_n": len(self.base)}
+        return out if self.subset is None else {**out, "subset": self.subset}
+
+
+class FirstRows(RowSubset):
+    """The first ``n`` images of ``base`` (all if it has fewer)."""
+
+    def __init__(self, base: ImageDataset, n: int):
+        super().__init__(base, np.arange(min(int(n), len(base))))
+
+
+def spread_index(n: int, of_n: int) -> np.ndarray:
+    """Rows of a dataset of ``of_n`` that :class:`SpreadRows` takes for ``n`` (n <= of_n):
+    ``floor(i * of_n / n)``."""
+    return (np.arange(n, dtype=np.int64) * of_n) // n
+
+
+class SpreadRows(RowSubset):
+    """``n`` images of ``base`` spread evenly over it: row i is ``base`` row
+    ``floor(i * len(base) / n)`` (all of ``base`` if it has at most ``n``), so a subset of a
+    dataset stored class by class (ImageNet val) still covers every class."""
+
+    def __init__(self, base: ImageDataset, n: int):
+        super().__init__(base, spread_index(min(int(n), len(base)), len(base)), "spread")
 
 
 def parse_rows(rows: str | int | None) -> int | None:
