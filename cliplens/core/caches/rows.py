@@ -414,6 +414,23 @@ class RowCache:
             raise KeyError(f"{self.path} has no array {name!r} (it has {self.names})")
         return self._h5[name]
 
+    def _sources(self, name: str):
+        """(file path, dataset name) of each shard behind a gathered array ``name``."""
+        for src in self._h5[name].virtual_sources():
+            full = Path(src.file_name)
+            yield (full if full.is_absolute() else self.path.parent / full), src.dset_name
+
+    def chunk_rows(self, name: str) -> int:
+        """Rows per HDF5 chunk of ``name`` (a gathered array: its first shard's), so reads can
+        be aligned to the chunks; 1 for an array stored without chunks."""
+        ds = self.array(name)
+        chunks = ds.chunks
+        if chunks is None and ds.is_virtual:
+            path, dset = next(self._sources(name))
+            with open_h5(path) as h5:
+                chunks = h5[dset].chunks
+        return int(chunks[0]) if chunks else 1
+
     def _get(self, name: str, read: Callable[[h5py.Dataset], np.ndarray]) -> np.ndarray:
         """``read(dataset)``, with a failed checksum or truncated chunk reported as
         :class:`~cliplens.core.io.CorruptFileError` naming the damaged file (for a gathered
@@ -432,14 +449,12 @@ class RowCache:
         """Read and check ``name`` in each source file of the virtual dataset (against that
         shard's own recorded bounds); raise for the first that fails, so the error names the
         shard to delete rather than the gathered file."""
-        for src in self._h5[name].virtual_sources():
-            full = Path(src.file_name)
-            full = full if full.is_absolute() else self.path.parent / full
+        for full, dset in self._sources(name):
             hint = rebuild_hint(full, self.path)  # the gathered file too: it maps to the shard
             with open_h5(full, hint) as h5:
-                with reading(full, src.dset_name, hint):
-                    arr = h5[src.dset_name][()]
-                check_values(full, src.dset_name, arr, get_provenance(h5).get("bounds"), hint)
+                with reading(full, dset, hint):
+                    arr = h5[dset][()]
+                check_values(full, dset, arr, get_provenance(h5).get("bounds"), hint)
 
     def load(self, name: str) -> np.ndarray:
         """All rows of ``name`` in the stored dtype."""

@@ -103,18 +103,7 @@ def store_blocks(cache: RowCache, name: str, block_rows: int | None = None,
     """A pass over ``name`` of an open store in blocks of ``block_rows`` rows (None: the HDF5
     chunk's rows, taken from the first shard of a gathered store); each block's values are
     checked like every cache read.  Each pass shows a progress bar (``progress``)."""
-    ds = cache.array(name)
-    if block_rows is None:
-        chunks = ds.chunks
-        if chunks is None and ds.is_virtual:
-            import h5py
-
-            src = ds.virtual_sources()[0]
-            full = src.file_name if os.path.isabs(src.file_name) else os.path.join(
-                os.path.dirname(cache.path), src.file_name)
-            with h5py.File(full, "r") as h5:
-                chunks = h5[src.dset_name].chunks
-        block_rows = chunks[0] if chunks else 64
+    block_rows = block_rows or cache.chunk_rows(name)
     n = len(cache)
 
     def gen():

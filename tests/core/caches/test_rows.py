@@ -400,3 +400,22 @@ def test_a_model_computing_nan_writes_no_cache(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         extract_embeddings(Broken(), FakeDataset(n=10), tmp_path / "e.h5", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_rows_of_a_shard_and_of_a_gathered_cache(tmp_path):
+    """A gathered cache (virtual datasets, no chunks of its own) reports its shards' chunk
+    rows, so passes over it can read whole chunks."""
+    import h5py
+
+    from cliplens.core.caches.rows import RowCache
+
+    ds, model = FakeDataset(n=20), FakeClip()
+    shards = sharded(tmp_path, model, ds, 2, dtype="float32")
+    gathered = tmp_path / "cache" / "embeddings.h5"
+    gather_shards(shards, gathered)
+    with h5py.File(shards[0], "r") as h5:
+        want = h5["embeddings"].chunks[0]
+    with RowCache(gathered) as cache:
+        assert cache.array("embeddings").chunks is None and cache.chunk_rows("embeddings") == want
+    with RowCache(shards[1]) as cache:
+        assert cache.chunk_rows("embeddings") == want
