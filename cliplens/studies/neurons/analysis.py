@@ -16,6 +16,8 @@ a percentile).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .components import Blocks
@@ -38,52 +40,65 @@ def _unit_dirs(directions: np.ndarray) -> np.ndarray:
     return np.divide(d, n, out=np.zeros_like(d), where=n > 0)
 
 
-def changed_units(blocks: Blocks, mean: np.ndarray, modes: np.ndarray,
-                  directions: np.ndarray | None = None) -> np.ndarray:
-    """``sum_u term_iu`` [N, D] with each unit's term as ``modes[u]`` says (KEEP, ABLATE,
-    REPLACE; module docstring), from blocks of unit vectors [b, U, D] (a store or the streaming
-    path).  ``directions`` [U, D] (normalised here) are needed where any unit is REPLACE."""
-    modes = np.asarray(modes)
-    mean = np.asarray(mean, dtype=np.float64)
-    if (modes == REPLACE).any() and directions is None:
-        raise ValueError("replacing units needs their directions")
-    d = None if directions is None else _unit_dirs(directions)
-    keep, ablate, repl = modes == KEEP, modes == ABLATE, modes == REPLACE
-    const = mean[ablate].sum(0) + mean[repl].sum(0)
+#: one way of changing every unit: (modes [U] of KEEP / ABLATE / REPLACE, directions [U, D]
+#: or None where no unit is REPLACE)
+Change = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def _prepared(changes: Sequence[Change], n_units: int) -> list[tuple]:
     out = []
+    for modes, directions in changes:
+        modes = np.asarray(modes)
+        if modes.shape != (n_units,):
+            raise ValueError(f"modes must give each of the {n_units} units one mode")
+        repl = modes == REPLACE
+        if repl.any() and directions is None:
+            raise ValueError("replacing units needs their directions")
+        d = _unit_dirs(directions)[repl] if repl.any() else None
+        out.append((modes == KEEP, modes != KEEP, repl, d))
+    return out
+
+
+def changed_units(blocks: Blocks, mean: np.ndarray, changes: Sequence[Change]
+                  ) -> list[np.ndarray]:
+    """For each change, ``sum_u term_iu`` [N, D] with each unit's term as its mode says (KEEP,
+    ABLATE, REPLACE; module docstring), all from one pass over blocks of unit vectors
+    [b, U, D] (a store or the streaming path)."""
+    mean = np.asarray(mean, dtype=np.float64)
+    prep = _prepared(changes, mean.shape[0])
+    consts = [mean[other].sum(0) for _, other, _, _ in prep]
+    parts: list[list[np.ndarray]] = [[] for _ in prep]
     for _, x in blocks():
         x = np.asarray(x, dtype=np.float64)
-        part = x[:, keep].sum(1) + const
-        if repl.any():
-            coef = np.einsum("bud,ud->bu", x[:, repl] - mean[repl], d[repl])
-            part = part + coef @ d[repl]
-        out.append(part)
-    return np.concatenate(out)
+        for out, const, (keep, _, repl, d) in zip(parts, consts, prep):
+            part = x[:, keep].sum(1) + const
+            if d is not None:
+                part = part + np.einsum("bud,ud->bu", x[:, repl] - mean[repl], d) @ d
+            out.append(part)
+    return [np.concatenate(p) for p in parts]
 
 
-def changed_pairs(scalar_blocks: Blocks, u: np.ndarray, s_mean: np.ndarray, modes: np.ndarray,
-                  directions: np.ndarray | None = None) -> np.ndarray:
+def changed_pairs(scalar_blocks: Blocks, u: np.ndarray, s_mean: np.ndarray,
+                  changes: Sequence[Change]) -> list[np.ndarray]:
     """:func:`changed_units` for neuron-head pairs from their scalars, without the [N, U, D]
     vectors: ``r_iu = s_iu u_u``, ``mean_u = mean(s_u) u_u``; so a replaced pair contributes
     ``mean(s_u) u_u + (s_iu - mean(s_u)) <u_u, d_u> d_u`` (its own term when d_u = +-u/|u|).
-    ``scalar_blocks`` yields [b, H, C]; ``u`` [H, C, D]; ``s_mean`` [H * C]."""
+    ``scalar_blocks`` yields [b, H, C]; ``u`` [H, C, D]; ``s_mean`` [H * C].  One pass for all
+    changes."""
     u = np.asarray(u, dtype=np.float64)
     h, c, dim = u.shape
     uf = u.reshape(h * c, dim)
-    modes = np.asarray(modes)
     s_mean = np.asarray(s_mean, dtype=np.float64)
-    if (modes == REPLACE).any() and directions is None:
-        raise ValueError("replacing pairs needs their directions")
-    keep, other, repl = modes == KEEP, modes != KEEP, modes == REPLACE
-    const = s_mean[other] @ uf[other]
-    if repl.any():
-        d = _unit_dirs(directions)[repl]
-        gain = (np.einsum("ud,ud->u", uf[repl], d))[:, None] * d      # <u, d> d  [R, D]
-    out = []
+    prep = _prepared(changes, h * c)
+    consts = [s_mean[other] @ uf[other] for _, other, _, _ in prep]
+    gains = [None if d is None else np.einsum("ud,ud->u", uf[repl], d)[:, None] * d
+             for _, _, repl, d in prep]                                 # <u, d> d  [R, D]
+    parts: list[list[np.ndarray]] = [[] for _ in prep]
     for _, s in scalar_blocks():
         s = np.asarray(s, dtype=np.float64).reshape(s.shape[0], h * c)
-        part = s[:, keep] @ uf[keep] + const
-        if repl.any():
-            part = part + (s[:, repl] - s_mean[repl]) @ gain
-        out.append(part)
-    return np.concatenate(out)
+        for out, const, gain, (keep, _, repl, _) in zip(parts, consts, gains, prep):
+            part = s[:, keep] @ uf[keep] + const
+            if gain is not None:
+                part = part + (s[:, repl] - s_mean[repl]) @ gain
+            out.append(part)
+    return [np.concatenate(p) for p in parts]

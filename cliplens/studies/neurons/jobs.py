@@ -215,45 +215,38 @@ def run_effects(*, spec: str, load: Mapping[str, Any], cfg: Mapping[str, Any],
         rows_in_split = spread_index(n, of_n) if sprov.get("subset") == "spread" else np.arange(n)
         labels = np.asarray(ds.labels)[rows_in_split]
         embeddings = cache.load("embeddings").astype(np.float64)
+        # every change of the units in one list, computed in one pass over the store
+        changes = [(np.full(n_units, KEEP), None), (np.full(n_units, REPLACE), comp["pc0"])]
+        changes += [(np.full(n_units, REPLACE), res.directions(dictionary, k)) for k in steps]
+        percentiles = sorted(set(cfg.percentiles))
+        masks = [unit_mask(comp["top_norms"], p) for p in percentiles]
+        changes += [(np.where(keep, KEEP, ABLATE), None) for keep in masks]
         if prov["units"] == "pairs":
-            pool = model.tower.attention_pool()
-            u = pair_directions(pool).double().cpu().numpy()
-            s_mean = _pair_scalar_means(comp["mean"], u)
-            blocks = store_blocks(cache, "scalars", progress=False)
-
-            def change(modes, directions=None):
-                return changed_pairs(blocks, u, s_mean, modes, directions)
+            u = pair_directions(model.tower.attention_pool()).double().cpu().numpy()
+            totals = changed_pairs(store_blocks(cache, "scalars"), u,
+                                   _pair_scalar_means(comp["mean"], u), changes)
         else:
-            blocks = store_blocks(cache, "exact", progress=False)
+            totals = changed_units(store_blocks(cache, "exact"), comp["mean"], changes)
+    rest = embeddings - totals[0]  # what the units leave out: biases, other paths
 
-            def change(modes, directions=None):
-                return changed_units(blocks, comp["mean"], modes, directions)
-        units_now = change(np.full(n_units, KEEP))
-        rest = embeddings - units_now
-        rows = []
+    def acc(total):
+        return argmax_accuracy(total, W, labels)
 
-        def acc(total):
-            return argmax_accuracy(total, W, labels)
-
-        chance = 1.0 / W.shape[1]
-        rows.append({"what": "original", "n_texts": None, "percentile": None,
-                     "units_kept": n_units, "accuracy": acc(embeddings)})
-        rows.append({"what": "component", "n_texts": None, "percentile": None, "units_kept": 0,
-                     "accuracy": acc(rest + change(np.full(n_units, REPLACE), comp["pc0"]))})
-        for k in steps:
-            d = res.directions(dictionary, k)
-            rows.append({"what": "texts", "n_texts": k, "percentile": None, "units_kept": 0,
-                         "accuracy": acc(rest + change(np.full(n_units, REPLACE), d))})
-        for p in sorted(set(cfg.percentiles)):
-            keep = unit_mask(comp["top_norms"], p)
-            modes = np.where(keep, KEEP, ABLATE)
-            rows.append({"what": "ablated", "n_texts": None, "percentile": p,
-                         "units_kept": int(keep.sum()), "accuracy": acc(rest + change(modes))})
+    rows = [{"what": "original", "n_texts": None, "percentile": None, "units_kept": n_units,
+             "accuracy": acc(embeddings)},
+            {"what": "component", "n_texts": None, "percentile": None, "units_kept": 0,
+             "accuracy": acc(rest + totals[1])}]
+    rows += [{"what": "texts", "n_texts": k, "percentile": None, "units_kept": 0,
+              "accuracy": acc(rest + t)} for k, t in zip(steps, totals[2:2 + len(steps)])]
+    rows += [{"what": "ablated", "n_texts": None, "percentile": p, "units_kept": int(keep.sum()),
+              "accuracy": acc(rest + t)}
+             for p, keep, t in zip(percentiles, masks, totals[2 + len(steps):])]
+    chance = 1.0 / W.shape[1]
     table = pd.DataFrame(rows).assign(task=cfg.task, images=n, units=n_units, variant=variant,
                                       chance=chance)
     write_table(out_csv, table)
-    plot_effects(table, out_png, f"{spec}: {n_units} {prov['units']} ({variant}), "
-                                 f"{cfg.task}, {n} images")
+    what = prov["units"] if variant == "pairs" else f"neurons ({variant} variant)"
+    plot_effects(table, out_png, f"{spec}: {n_units} {what}, {cfg.task}, {n} images")
     log.info("%s on %s: original %.4f, components %.4f, %d texts %.4f, top %.0f%% kept %.4f",
              spec, cfg.task, rows[0]["accuracy"], rows[1]["accuracy"], steps[-1],
              rows[1 + len(steps)]["accuracy"], 100 - max(cfg.percentiles), rows[-1]["accuracy"])

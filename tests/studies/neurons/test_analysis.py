@@ -14,13 +14,15 @@ def test_keeping_every_unit_is_their_sum_and_ablating_is_the_mean():
     reps = rng.standard_normal((12, 5, 4))
     mean = reps.mean(0)
     keep = np.full(5, KEEP)
-    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, keep), reps.sum(1))
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, [(keep, None)])[0],
+                               reps.sum(1))
     ablate = np.full(5, ABLATE)
-    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, ablate),
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 5), mean, [(ablate, None)])[0],
                                np.broadcast_to(mean.sum(0), (12, 4)))
     mixed = np.array([KEEP, ABLATE, KEEP, ABLATE, ABLATE])
     want = reps[:, [0, 2]].sum(1) + mean[[1, 3, 4]].sum(0)
-    np.testing.assert_allclose(changed_units(array_blocks(reps, 3), mean, mixed), want)
+    np.testing.assert_allclose(changed_units(array_blocks(reps, 3), mean, [(mixed, None)])[0],
+                               want)
 
 
 def test_replacing_a_rank_one_unit_by_its_direction_is_exact():
@@ -34,12 +36,12 @@ def test_replacing_a_rank_one_unit_by_its_direction_is_exact():
                      rng.standard_normal((n, d))], axis=1)              # [n, 2, d]
     mean = reps.mean(0)
     dirs = np.stack([line, np.eye(d)[0]])
-    got = changed_units(array_blocks(reps, 7), mean, np.full(2, REPLACE), dirs)
+    got = changed_units(array_blocks(reps, 7), mean, [(np.full(2, REPLACE), dirs)])[0]
     e0 = np.eye(d)[0]
     want = reps[:, 0] + mean[1] + ((reps[:, 1] - mean[1]) @ e0)[:, None] * e0
     np.testing.assert_allclose(got, want, atol=1e-12)
     with pytest.raises(ValueError, match="needs their directions"):
-        changed_units(array_blocks(reps, 7), mean, np.full(2, REPLACE))
+        changed_units(array_blocks(reps, 7), mean, [(np.full(2, REPLACE), None)])
 
 
 def test_pairs_from_scalars_equal_the_materialised_vectors():
@@ -51,16 +53,16 @@ def test_pairs_from_scalars_equal_the_materialised_vectors():
     comp = pair_components(array_blocks(s, 4), u, k=5)
     s_mean = s.reshape(n, -1).mean(0)
     texts = rng.standard_normal((h * c, d))                             # other directions
-    for modes, dirs in ((np.full(h * c, REPLACE), comp.pc0),
-                        (np.full(h * c, REPLACE), texts),
-                        (np.array([KEEP, ABLATE, REPLACE, KEEP, ABLATE, REPLACE]), texts)):
-        want = changed_units(array_blocks(reps, 4), comp.mean, modes, dirs)
-        got = changed_pairs(array_blocks(s, 4), u, s_mean, modes, dirs)
+    changes = [(np.full(h * c, REPLACE), comp.pc0), (np.full(h * c, REPLACE), texts),
+               (np.array([KEEP, ABLATE, REPLACE, KEEP, ABLATE, REPLACE]), texts)]
+    wants = changed_units(array_blocks(reps, 4), comp.mean, changes)    # one pass, all changes
+    gots = changed_pairs(array_blocks(s, 4), u, s_mean, changes)
+    for got, want in zip(gots, wants):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     # pairs replaced by their first component: exactly their own sum (rank one)
     np.testing.assert_allclose(changed_pairs(array_blocks(s, 4), u, s_mean,
-                                             np.full(h * c, REPLACE), comp.pc0), reps.sum(1),
-                               rtol=1e-10, atol=1e-12)
+                                             [(np.full(h * c, REPLACE), comp.pc0)])[0],
+                               reps.sum(1), rtol=1e-10, atol=1e-12)
 
 
 def test_the_published_mask_keeps_the_top_tenth():
