@@ -56,10 +56,12 @@ def test_hidden_tokens_are_the_streams_patch_tokens(name):
             torch.testing.assert_close(tok, want.float(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["open_clip ViT", "transformers CLIP", "SigLIP"])
+@pytest.mark.parametrize("name", ["open_clip ViT", "open_clip ViT, LayerScale + QuickGELU",
+                                  "toy clip-vit", "transformers CLIP", "SigLIP"])
 def test_block_internals_are_consistent(name):
-    """One block: the attention output is the sum over heads of z_h @ W_h plus the bias, and the
-    block output is x + a + m."""
+    """One block: the attention output is the sum over heads of z_h @ W_h plus the bias, the
+    block output is x + a + m, and the MLP neurons' activations phi and writes W (LayerScale
+    folded in) give m = phi @ W^T + ls2 * b_out."""
     model = VITS[name]()
     tower = model.tower
     with torch.no_grad():
@@ -70,6 +72,11 @@ def test_block_internals_are_consistent(name):
         torch.testing.assert_close(run.a, per_head + blk.out_bias(x.dtype, x.device),
                                    rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(run.x, x + run.a + run.m)
+        phi = blk.neurons(run.x - run.m)
+        w = blk.neuron_writes(x.dtype)
+        bias = blk.mlp_out.bias if blk.ls2 is None else blk.mlp_out.bias * blk.ls2
+        torch.testing.assert_close(phi @ w.T + bias, run.m, rtol=1e-4, atol=1e-6)
+    assert phi.shape[-1] == w.shape[1] == blk.mlp_in.out_features
     assert run.q.shape == run.k.shape == run.v.shape == run.z.shape
     assert run.q.shape[1] == blk.heads
 
@@ -149,21 +156,3 @@ def test_layer_indexing():
     assert resolve_layers([-1, 0, 0], 3) == (0, 2)
     with pytest.raises(ValueError, match="outside the 3 blocks"):
         resolve_layers([3], 3)
-
-
-@pytest.mark.parametrize("name", ["open_clip ViT, LayerScale + QuickGELU", "toy clip-vit",
-                                  "transformers CLIP", "SigLIP"])
-def test_mlp_neurons_rebuild_the_mlp_output(name):
-    """Neuron activations phi and their writes W (LayerScale folded in) give the block's MLP
-    output: m = phi @ W^T + ls2 * b_out."""
-    model = VITS[name]()
-    tower = model.tower
-    with torch.no_grad():
-        x, _ = tower.embed(tm.pixels(model, 2))
-        blk = tower.blocks()[0]
-        run = blk.run(x)
-        phi = blk.neurons(run.x - run.m)
-        w = blk.neuron_writes(x.dtype)
-        bias = blk.mlp_out.bias if blk.ls2 is None else blk.mlp_out.bias * blk.ls2
-        torch.testing.assert_close(phi @ w.T + bias, run.m, rtol=1e-4, atol=1e-6)
-    assert phi.shape[-1] == w.shape[1] == blk.mlp_in.out_features
