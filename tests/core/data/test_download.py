@@ -337,13 +337,35 @@ datasets:
     assert not (root / ".ready").exists() and not (root / "data").exists()
 
 
-def test_snakemake_rules_download_extract_and_check(server, tmp_path):
-    """rules/data.smk end to end on a catalog served from the loopback: download, extract,
-    nested step, .ready; a manual dataset fails with its instructions; a rerun does nothing."""
+def _data_workflow(tmp_path):
+    """A Snakefile of the shared rules and rules/data.smk in ``tmp_path``, reading the extra
+    catalog ``tmp_path/extra.yaml``: (resources folder, results folder, smk(*targets))."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[3]
+    (tmp_path / "Snakefile").write_text(f"""
+from cliplens.core.settings import load_settings
+configfile: "{repo}/config.yaml"
+S = load_settings(config)
+include: "{repo}/rules/common.smk"
+include: "{repo}/rules/data.smk"
+""")
+    res, out = tmp_path / "res", tmp_path / "out"
+    env = dict(os.environ, CLIPLENS_CATALOG=str(tmp_path / "extra.yaml"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+
+    def smk(*targets):
+        return subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "1", "--keep-going", "--config",
+             f"results={out}", f"resources={res}", "--", *map(str, targets)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return res, out, smk
+
+
+def test_snakemake_rules_download_extract_and_check(server, tmp_path):
+    """rules/data.smk end to end on a catalog served from the loopback: download, extract,
+    nested step, .ready; a manual dataset fails with its instructions; a rerun does nothing."""
     inner = _tar_gz({"cat/1.txt": b"meow"})
     outer = _zip({"bundle/inner.tar.gz": inner})
     other = _tar_gz({"labels/all.txt": b"cat\n"})
@@ -368,22 +390,7 @@ datasets:
     layout: [[thing.bin]]
     instructions: "Put thing.bin into {{root}}/ by hand."
 """)
-    (tmp_path / "Snakefile").write_text(f"""
-from cliplens.core.settings import load_settings
-configfile: "{repo}/config.yaml"
-S = load_settings(config)
-include: "{repo}/rules/common.smk"
-include: "{repo}/rules/data.smk"
-""")
-    res, out = tmp_path / "res", tmp_path / "out"
-    env = dict(os.environ, CLIPLENS_CATALOG=str(tmp_path / "extra.yaml"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-
-    def smk(*targets):
-        return subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", "1", "--keep-going", "--config",
-             f"results={out}", f"resources={res}", "--", *map(str, targets)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res, out, smk = _data_workflow(tmp_path)
 
     ready, manual = res / "datasets/fake/.ready", res / "datasets/fakemanual/.ready"
     run = smk(ready, manual)
@@ -405,10 +412,6 @@ def test_an_archive_placed_by_hand_is_verified_before_extraction(server, tmp_pat
     """How offline clusters get data: the archive is copied into downloads/ by hand.  A wrong
     copy is moved aside (kept) with both digests named and nothing extracted; the rule then
     downloads it again; a right copy is extracted and .ready records the digest seen."""
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[3]
     good = _tar_gz({"labels/all.txt": b"cat\n"})
     bad = _tar_gz({"labels/all.txt": b"dog\n"})
     server.files["/good.tar.gz"] = (good, "ok")
@@ -420,27 +423,12 @@ datasets:
           sha256: "{_sha(good)}", source: test, extract_to: .}}
     check: [labels/all.txt]
 """)
-    (tmp_path / "Snakefile").write_text(f"""
-from cliplens.core.settings import load_settings
-configfile: "{repo}/config.yaml"
-S = load_settings(config)
-include: "{repo}/rules/common.smk"
-include: "{repo}/rules/data.smk"
-""")
-    res, out = tmp_path / "res", tmp_path / "out"
-    env = dict(os.environ, CLIPLENS_CATALOG=str(tmp_path / "extra.yaml"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-
-    def smk():
-        return subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"results={out}",
-             f"resources={res}", "--", str(res / "datasets/fake/.ready")],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res, _, smk = _data_workflow(tmp_path)
 
     placed = res / "downloads/fake.tar.gz"
     placed.parent.mkdir(parents=True)
     placed.write_bytes(bad)
-    run = smk()
+    run = smk(res / "datasets/fake/.ready")
     assert run.returncode != 0
     assert f"sha256: expected {_sha(good)}, got {_sha(bad)}" in run.stderr
     aside = res / "downloads/fake.tar.gz.mismatch"
@@ -448,7 +436,7 @@ include: "{repo}/rules/data.smk"
     assert not (res / "datasets/fake/labels").exists()
     assert not server.requests  # nothing was fetched: the hand-placed file was used, and refused
 
-    run = smk()  # the rerun downloads the archive the catalog names
+    run = smk(res / "datasets/fake/.ready")  # the rerun downloads the archive the catalog names
     assert run.returncode == 0, run.stderr[-3000:]
     assert (res / "datasets/fake/labels/all.txt").read_bytes() == b"cat\n"
     import json
