@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -26,16 +24,7 @@ import numpy as np
 
 from cliplens.core.caches.rows import create_rows
 from cliplens.core.io import sha256_file
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (and page cache)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def plain_read(path: Path) -> None:
@@ -51,8 +40,8 @@ def bench_sha256(folder: Path, gib: float, repeats: int) -> None:
         for _ in range(int(gib * 1024)):
             fh.write(block)
     size = path.stat().st_size / 2**30
-    t_read = timed(lambda: plain_read(path), repeats)
-    t_hash = timed(lambda: sha256_file(path), repeats)
+    t_read = median_seconds(lambda: plain_read(path), repeats)
+    t_hash = median_seconds(lambda: sha256_file(path), repeats)
     print(f"sha256 of {size:.2f} GiB: median {t_hash:.2f} s ({size / t_hash * 1024:.0f} MiB/s); "
           f"plain read {t_read:.2f} s; ratio {t_hash / t_read:.1f}x")
     path.unlink()
@@ -78,8 +67,8 @@ def bench_fletcher(folder: Path, rows: int, dim: int, repeats: int) -> None:
 
     mib = data.nbytes / 2**20
     for name, path, check in (("fletcher32", checked, True), ("no filter", plain, False)):
-        tw = timed(lambda p=path, c=check: write(p, c), repeats)
-        tr = timed(lambda p=path: read(p), repeats)
+        tw = median_seconds(lambda p=path, c=check: write(p, c), repeats)
+        tr = median_seconds(lambda p=path: read(p), repeats)
         print(f"{name:>10}: {rows} x {dim} float32 ({mib:.0f} MiB): write median {tw:.2f} s, "
               f"read median {tr:.2f} s")
         if check:

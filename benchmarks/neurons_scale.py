@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,18 +36,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 PUBLISHED_BYTES = 1000 * 48 * 3072 * 768 * 4
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def random_model(name: str):
@@ -66,8 +56,8 @@ def bench_pairs(args) -> None:
     model = random_model("RN50x16")
     px = torch.randn(args.images, 3, model.image_size, model.image_size)
     with torch.inference_mode():
-        t_enc = median_time(lambda: model.encode_image(px), args.repeats)
-        t_dec = median_time(lambda: decompose_pairs(model, px), args.repeats)
+        t_enc = median_seconds(lambda: model.encode_image(px), args.repeats)
+        t_dec = median_seconds(lambda: decompose_pairs(model, px), args.repeats)
         dec = decompose_pairs(model, px)
         emb = model.encode_image(px)
     err = (dec.embedding() - emb).abs().max().item()
@@ -109,12 +99,12 @@ def bench_neurons(args) -> None:
     model = random_model("ViT-B-32")
     px = torch.randn(args.vit_batch, 3, model.image_size, model.image_size)
     with torch.inference_mode():
-        t_enc = median_time(lambda: model.encode_image(px), args.repeats)
+        t_enc = median_seconds(lambda: model.encode_image(px), args.repeats)
 
         def both():
             rec = record_neurons(model, px, 8)
             return exact_effects(model, rec), published_effects(model, rec)
-        t_both = median_time(both, args.repeats)
+        t_both = median_seconds(both, args.repeats)
         rec = record_neurons(model, px, 8)
         exact = exact_effects(model, rec)
         second = exact - exact_effects(model, rec, "direct")
