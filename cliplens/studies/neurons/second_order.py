@@ -42,7 +42,8 @@ class NeuronRecord:
 
     ``phi`` [B, T, N] activations; ``attn[i]`` [B, H, T, T], ``mu1[i]``, ``sigma1[i]`` [B, T]
     of each later block ``later[i]``; ``mu_post``, ``sigma_post`` [B] of the final LayerNorm on
-    the class token; ``embedding`` [B, O] the model's own; ``n_blocks`` L."""
+    the class token; ``embedding`` [B, O] the model's own; ``n_blocks`` L; ``blocks`` the
+    tower's blocks as weights (:meth:`~cliplens.core.models.towers.VisionTower.blocks`)."""
 
     layer: int
     later: list[int]
@@ -54,6 +55,7 @@ class NeuronRecord:
     sigma_post: torch.Tensor
     embedding: torch.Tensor
     n_blocks: int
+    blocks: list[AttentionBlock]
 
 
 def neuron_block(layer: int, n_blocks: int, spec: str = "model") -> int:
@@ -100,7 +102,7 @@ def record_neurons(model, pixels: torch.Tensor, layer: int) -> NeuronRecord:
     return NeuronRecord(layer=lay, later=list(range(lay + 1, L)), phi=rec["phi"],
                         attn=rec["attn"], mu1=rec["mu1"], sigma1=rec["sigma1"],
                         mu_post=x[:, 0].mean(-1), sigma_post=ln_std(x[:, 0], eps),
-                        embedding=tower.pool(x), n_blocks=L)
+                        embedding=tower.pool(x), n_blocks=L, blocks=blocks)
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +134,7 @@ def readout_jacobian(model, rec: NeuronRecord, paths: str = "all") -> torch.Tens
     if paths not in ("all", "direct", "single"):
         raise ValueError(f"paths must be 'all', 'direct' or 'single', got {paths!r}")
     tower = _vit(model)
-    blocks = tower.blocks()
+    blocks = rec.blocks
     phi = rec.phi
     b, t, _ = phi.shape
     proj, _ = tower.image_projection()
@@ -161,7 +163,7 @@ def exact_effects(model, rec: NeuronRecord, paths: str = "all") -> torch.Tensor:
     ``effect[b, n] = sum_t phi[b, t, n] G[b, :, t, :] @ w_n`` with G from
     :func:`readout_jacobian` (``paths`` as there)."""
     g = readout_jacobian(model, rec, paths)
-    w = _vit(model).blocks()[rec.layer].neuron_writes(g.dtype)      # [D, N]
+    w = rec.blocks[rec.layer].neuron_writes(g.dtype)                # [D, N]
     gw = torch.einsum("botd,dn->botn", g, w)
     return torch.einsum("btn,botn->bno", rec.phi.to(g.dtype), gw)
 
@@ -175,7 +177,7 @@ def published_effects(model, rec: NeuronRecord, coefficient: float = 100.0) -> t
     * ``const_jh`` (the same for every neuron) carries this layer's and head's equal shares of
       the MLP bias, the recorded LayerNorm means and the biases."""
     tower = _vit(model)
-    blocks = tower.blocks()
+    blocks = rec.blocks
     phi = rec.phi
     dt = phi.dtype
     dev = phi.device
