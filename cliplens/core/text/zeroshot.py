@@ -99,6 +99,14 @@ def argmax_accuracy(embeddings: np.ndarray, classifier: np.ndarray, labels: np.n
     return float((np.argmax(embeddings @ classifier, 1) == np.asarray(labels)).mean())
 
 
+def class_direction(classifier: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """Text direction(s) of class ``k`` against the others: ``w_k - mean_j w_j`` ([D] or [N, D]),
+    ``classifier`` [D, K].  Projecting a map on it scores what favours class k over an average
+    class (the part every class shares cancels)."""
+    W = np.asarray(classifier, dtype=np.float64)
+    return W[:, k].T - W.mean(1)
+
+
 def scores(
     image_emb: np.ndarray | torch.Tensor, classifier: torch.Tensor | np.ndarray
 ) -> torch.Tensor:

@@ -14,8 +14,7 @@ exactly (up to the cache's dtype).  Everything here is a pure function of such a
 * :func:`group_accuracies` -- per-group and worst-group accuracy (spurious correlations);
 * :func:`probe_factors` -- which labelled factor a head's direct effect predicts best (a linear
   probe, the toy world's ground truth for TextSpan);
-* :func:`named_factor` -- which factor a head's TextSpan texts name;
-* :func:`token_maps` / :func:`class_direction` -- spatial maps from per-token contributions;
+* :func:`token_maps` -- spatial maps from per-token contributions;
 * :func:`nearest_neighbours` -- images whose direct effect through one head is most similar;
 * :func:`spurious_attribute` / :func:`balanced_rows` -- the attribute a spurious-correlation
   dataset's label leans on, and a subset where it says nothing about the label.
@@ -112,57 +111,6 @@ def probe_factors(C_fit: np.ndarray, y_fit: Mapping[str, np.ndarray], C_test: np
         out[factor] = {"accuracy": acc, "chance": chance,
                        "score": (acc - chance) / (1 - chance) if chance < 1 else 0.0}
     return out
-
-
-def variance_shares(C_fit: np.ndarray, y_fit: Mapping[str, np.ndarray], C_test: np.ndarray,
-                    y_test: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """How much of one head's direct effect each factor accounts for: the held-out R^2 of the
-    linear model ``C ~ one-hot(factor)`` (i.e. predicting each image's direct effect by the mean
-    over the fitted images of its factor value) --
-
-        R^2_f = 1 - sum_n |c_n - mu_f(y_n)|^2 / sum_n |c_n - mean(C_fit)|^2   over test images.
-
-    Unlike decoding (:func:`probe_factors`), which saturates for any factor that leaves a trace
-    in D dimensions (e.g. the background's brightness, visible in every head), this measures
-    what the head *writes*: the share of its variation explained by the factor."""
-    C_fit = np.asarray(C_fit, dtype=np.float64)
-    C_test = np.asarray(C_test, dtype=np.float64)
-    mean = C_fit.mean(0)
-    sst = float(((C_test - mean) ** 2).sum())
-    out = {}
-    for factor, y in y_fit.items():
-        y, yt = np.asarray(y), np.asarray(y_test[factor])
-        mus = {v: C_fit[y == v].mean(0) for v in np.unique(y)}
-        pred = np.stack([mus.get(v, mean) for v in yt]) if len(yt) else C_test
-        out[factor] = 1.0 - float(((C_test - pred) ** 2).sum()) / sst if sst > 0 else 0.0
-    return out
-
-
-def named_factor(texts: Sequence[str], factors_of, top: int = 5,
-                 weights: Sequence[float] | None = None) -> str | None:
-    """The factor the first ``top`` texts of a head name, weighted: each text gives its weight
-    (default 1; e.g. the share of variance it explains) split equally among the factors it
-    names (``factors_of(text)`` -> set of factor names).  Ties go to the factor named earliest,
-    then alphabetically; None if no text names one."""
-    score: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for i, t in enumerate(texts[:top]):
-        fs = sorted(factors_of(t))
-        w = 1.0 if weights is None else float(weights[i])
-        for f in fs:
-            score[f] = score.get(f, 0.0) + w / len(fs)
-            first.setdefault(f, i)
-    if not score:
-        return None
-    return min(score, key=lambda f: (-round(score[f], 12), first[f], f))
-
-
-def class_direction(classifier: np.ndarray, k: np.ndarray | int) -> np.ndarray:
-    """Text direction(s) of class ``k`` against the others: ``w_k - mean_j w_j`` ([D] or [N, D]),
-    ``classifier`` [D, K].  Projecting a map on it scores what favours class k over an average
-    class (the part every class shares cancels)."""
-    W = np.asarray(classifier, dtype=np.float64)
-    return W[:, k].T - W.mean(1)
 
 
 def token_maps(tokens: np.ndarray, direction: np.ndarray, has_cls: bool) -> np.ndarray:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ...core.caches.rows import shard_bounds
 from ...core.data.registry import open_dataset
+from ...core.factors import named_factor, variance_shares
 from ...core.io import (check_provenance, write_json_atomic, write_npz, write_table,
                         write_text_atomic)
 from ...core.models.registry import load_model
@@ -28,11 +29,10 @@ from ...core.settings import (NeighbourSettings, SegmentationSettings, SpuriousS
                               TextSpanSettings)
 from ...core.text.textsets import read_texts, text_factors
 from ...core.text.zeroshot import argmax_accuracy as accuracy
-from ...core.text.zeroshot import task_classifier
+from ...core.text.zeroshot import class_direction, task_classifier
 from ...core.toy.world import FACTORS
-from .analysis import (ablation_curves, balanced_rows, class_direction, group_accuracies,
-                       named_factor, nearest_neighbours, probe_factors, split_terms,
-                       spurious_attribute, token_maps, variance_shares)
+from .analysis import (ablation_curves, balanced_rows, group_accuracies, nearest_neighbours,
+                       probe_factors, split_terms, spurious_attribute, token_maps)
 from .figures import plot_ablation, plot_factors, plot_neighbours, plot_spatial_maps, plot_spurious
 from .store import (chosen_heads, explained_heads, extract_decomposition, layer_sums, load_heads,
                     read_heads_cache, rows_of)

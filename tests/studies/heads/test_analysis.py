@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from cliplens.core.segmentation import centre_prior
+from cliplens.core.factors import named_factor
 from cliplens.core.text.textsets import text_factors, toy_descriptions, toy_words
+from cliplens.core.text.zeroshot import class_direction
 from cliplens.studies.heads import analysis as ha
 from cliplens.studies.heads.textspan import textspan
 
@@ -72,9 +74,9 @@ def test_text_factors_and_named_factor():
     assert text_factors("string") == set()
     assert all(text_factors(t) for t in toy_words() + toy_descriptions())
     texts = ["a red circle", "crimson", "a green object", "a circle on the left"]
-    assert ha.named_factor(texts, text_factors, top=3) == "colour"
-    assert ha.named_factor(["a circle", "red"], text_factors) == "shape"    # tie: earliest
-    assert ha.named_factor(["zzz"], text_factors) is None
+    assert named_factor(texts, text_factors, top=3) == "colour"
+    assert named_factor(["a circle", "red"], text_factors) == "shape"    # tie: earliest
+    assert named_factor(["zzz"], text_factors) is None
 
 
 def test_token_maps_and_class_direction():
@@ -82,7 +84,7 @@ def test_token_maps_and_class_direction():
     B, L, H, g, D, K = 2, 2, 3, 4, 5, 3
     tokens = rng.normal(size=(B, L, H, 1 + g * g, D))
     W = rng.normal(size=(D, K))
-    d = ha.class_direction(W, np.array([0, 2]))
+    d = class_direction(W, np.array([0, 2]))
     np.testing.assert_allclose(d[1], W[:, 2] - W.mean(1))
     maps = ha.token_maps(tokens, d, has_cls=True)
     assert maps.shape == (B, L, H, g, g)
