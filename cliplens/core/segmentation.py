@@ -1,4 +1,5 @@
-"""Segmentation scores: heat maps against binary object masks (studies 001 and 003).
+"""Segmentation scores: heat maps against binary object masks (studies 001 and 003), and label
+maps against class masks (:func:`class_scores`, study 003 on PASCAL Context-59).
 
 The ImageNet-segmentation protocol as the published evaluation uses it, with images and masks
 put through the *same* geometry:
@@ -42,6 +43,41 @@ def align_mask(mask: np.ndarray, size: int) -> np.ndarray:
     resized to ``size``, centre crop), nearest neighbour."""
     m = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
     return np.asarray(_resize_crop(m, size, Image.NEAREST)) > 127
+
+
+def align_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """A label map [H, W] of class indices 0..255 (255: ignored) -> int64 [size, size] with the
+    same geometry as :func:`align_mask` (nearest neighbour, so no new labels appear)."""
+    m = Image.fromarray(np.asarray(labels).astype(np.uint8))
+    return np.asarray(_resize_crop(m, size, Image.NEAREST)).astype(np.int64)
+
+
+def class_scores(preds: Sequence[np.ndarray] | np.ndarray, trues: Sequence[np.ndarray] | np.ndarray,
+                 n_classes: int, ignore: int = 255) -> dict[str, float]:
+    """Multi-class segmentation scores of predicted label maps against true ones (pixels whose
+    true label is ``ignore`` are left out), from one confusion matrix summed over the images:
+    ``pixel_accuracy`` = correct / counted pixels; ``miou`` = mean over the classes present in
+    either (union > 0) of ``|pred_c AND true_c| / |pred_c OR true_c|``; ``classes`` = how many
+    classes that mean is over; ``n`` images."""
+    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
+    n = 0
+    for p, t in zip(preds, trues):
+        p, t = np.asarray(p).ravel(), np.asarray(t).ravel()
+        if p.shape != t.shape:
+            raise ValueError(f"a prediction of {p.size} pixels against a truth of {t.size}")
+        keep = t != ignore
+        if (t[keep] >= n_classes).any() or (p[keep] >= n_classes).any() or (p[keep] < 0).any():
+            raise ValueError(f"labels must lie in 0..{n_classes - 1} (or {ignore}, ignored)")
+        conf += np.bincount(t[keep] * n_classes + p[keep],
+                            minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+        n += 1
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - np.diag(conf)
+    present = union > 0
+    total = conf.sum()
+    return {"pixel_accuracy": float(inter.sum() / total) if total else float("nan"),
+            "miou": float((inter[present] / union[present]).mean()) if present.any() else float("nan"),
+            "classes": int(present.sum()), "n": n}
 
 
 def align_image(image: Image.Image, size: int) -> np.ndarray:

@@ -53,3 +53,26 @@ def test_upsample_keeps_a_constant_map_and_orders_blocks():
     grid = np.array([[0.0, 1.0], [0.0, 1.0]])
     up = seg.upsample(grid[None], 8)[0]
     assert up[:, :3].max() < 0.5 < up[:, 5:].min()
+
+
+def test_class_scores_count_one_confusion_matrix_and_skip_ignored_pixels():
+    true = [np.array([[0, 0, 1], [2, 255, 1]]), np.array([[2, 2, 255]])]
+    pred = [np.array([[0, 1, 1], [2, 0, 0]]), np.array([[2, 0, 7]])]   # 7: an ignored pixel
+    got = seg.class_scores(pred, true, n_classes=3)
+    # counted pixels: 5 + 2; correct: (0,0), (1,1), (2,2), (2,2) = 4
+    assert got["pixel_accuracy"] == pytest.approx(4 / 7)
+    # (true, pred) counted: (0,0) (0,1) (1,1) (2,2) (1,0) (2,2) (2,0); IoU = inter / union:
+    # class 0: 1 / (2 + 3 - 1), class 1: 1 / (2 + 2 - 1), class 2: 2 / (3 + 2 - 2)
+    iou = [1 / 4, 1 / 3, 2 / 3]
+    assert got["miou"] == pytest.approx(np.mean(iou)) and got["classes"] == 3 and got["n"] == 2
+    with pytest.raises(ValueError, match="labels must lie"):
+        seg.class_scores([np.array([[3]])], [np.array([[0]])], n_classes=3)
+
+
+def test_label_maps_get_the_image_geometry_without_new_labels():
+    labels = np.zeros((20, 40), np.int64)
+    labels[:, 20:22] = 7
+    labels[0, :] = 255
+    out = seg.align_labels(labels, 10)
+    assert out.shape == (10, 10) and set(np.unique(out)) <= {0, 7, 255}
+    assert (out[1:, 5] == 7).all()

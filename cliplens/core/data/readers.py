@@ -218,6 +218,51 @@ class ImageNetSegmentation(ImageDataset):
         return self._read("gt", i, read).T > 0
 
 
+class PascalContext59(ImageDataset):
+    """PASCAL Context's 59-class segmentation benchmark, in the layout the published evaluation
+    reads (mmsegmentation's conversion of the Detail API annotations):
+
+    ``VOC2010/JPEGImages/{id}.jpg``, ``VOC2010/SegmentationClassContext/{id}.png`` (one uint8
+    per pixel: 0 = none of the 59 classes, k = 1..59 the k-th of
+    :data:`~cliplens.core.text.textsets.PASCAL_CONTEXT_59`) and the ids of a split in
+    ``VOC2010/ImageSets/SegmentationContext/{split}.txt`` (train 4,996, val 5,104).
+
+    ``class_mask(i)`` is int64 [H, W]: the class index 0..58, or :attr:`IGNORE` (255) where the
+    pixel is none of the 59 (the benchmark's reduce-zero-label convention).  No image labels.
+    """
+
+    IGNORE = 255
+    SPLITS = ("train", "val")
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        from ..text.textsets import PASCAL_CONTEXT_59
+
+        _need(split, self.SPLITS, "pascal-context")
+        self.root, self.name, self.split = Path(root) / "VOC2010", "pascal-context", split
+        ids = self.root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+        self.ids = [line.strip() for line in ids.read_text().splitlines() if line.strip()]
+        if not self.ids:
+            raise ValueError(f"{ids} lists no images")
+        self.labels, self.classnames = None, list(PASCAL_CONTEXT_59)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.open(self.root / "JPEGImages" / f"{self.ids[i]}.jpg").convert("RGB")
+
+    def class_mask(self, i: int) -> np.ndarray:
+        path = self.root / "SegmentationClassContext" / f"{self.ids[i]}.png"
+        raw = np.asarray(Image.open(path), dtype=np.int64)
+        if raw.ndim != 2 or raw.max() > 59:
+            raise ValueError(f"{path} is not a 59-class label map (shape {raw.shape}, values up "
+                             f"to {raw.max()}): convert the annotations as the catalog says")
+        return np.where(raw == 0, self.IGNORE, raw - 1)
+
+    def describe(self) -> dict:
+        return {"dataset": self.name, "split": self.split, "n": len(self)}
+
+
 def _split_indices(n: int, split: str, every: int = 5) -> np.ndarray | None:
     """Deterministic split of a dataset that ships without one: ``test`` = every ``every``-th
     sample (index % every == 0; class-stratified when samples are grouped by class), ``train``
@@ -281,7 +326,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "stanford-cars": ("train", "test"), "eurosat": ("train", "test", "all"),
     "caltech101": ("train", "test", "all"), "imagenet": ("val",),
     "coco2017": ("train", "val"), "waterbirds": tuple(Waterbirds.SPLITS),
-    "imagenet-seg": ("test",),
+    "imagenet-seg": ("test",), "pascal-context": PascalContext59.SPLITS,
 }
 
 #: dataset name -> loader(root folder, split) -> ImageDataset
@@ -292,4 +337,5 @@ LOADERS: dict[str, Callable[[Path, str], ImageDataset]] = {
     "coco2017": lambda root, split: CocoCaptions(root, split),
     "waterbirds": lambda root, split: Waterbirds(root, split),
     "imagenet-seg": lambda root, split: ImageNetSegmentation(root / "gtsegs_ijcv.mat", split),
+    "pascal-context": lambda root, split: PascalContext59(root, split),
 }

@@ -129,6 +129,9 @@ TASKS: dict[str, Task] = {
     "stanford-cars": Task("stanford-cars", "stanford-cars", "test"),
     "waterbirds": Task("waterbirds", "waterbirds", "test"),
     "imagenet": Task("imagenet", "imagenet", "val", None, None, "openai_imagenet"),
+    # classes only (no image labels): the class texts of segmentation on PASCAL Context-59
+    "pascal-context": Task("pascal-context", "pascal-context", "val", None, None,
+                           "openai_imagenet"),
 }
 
 

@@ -65,6 +65,9 @@ class RowSubset(ImageDataset):
         self.name, self.split = base.name, base.split
         self.labels = None if base.labels is None else np.asarray(base.labels)[self.index]
         self.classnames = base.classnames
+        if hasattr(base, "factor_labels"):  # the toy world's factors, row for row
+            self.factor_labels = {k: np.asarray(v)[self.index]
+                                  for k, v in base.factor_labels.items()}
 
     def __len__(self) -> int:
         return self.n
@@ -73,6 +76,18 @@ class RowSubset(ImageDataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         return self.base.image(int(self.index[i]))
+
+    def mask(self, i: int) -> np.ndarray:
+        """The base dataset's mask of row ``i`` (datasets with masks only)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base.mask(int(self.index[i]))
+
+    def class_mask(self, i: int) -> np.ndarray:
+        """The base dataset's class mask of row ``i`` (datasets with class masks only)."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.base.class_mask(int(self.index[i]))
 
     def images(self, start: int, stop: int) -> list[Image.Image]:
         rows = self.index[start:min(stop, self.n)]

@@ -15,6 +15,7 @@ from cliplens.core.data.archives import check_manual
 from cliplens.core.data.catalog import ManualDatasetError, catalog_files, load_catalog
 from cliplens.core.data.toy import write_toy_dataset
 from cliplens.core.toy import world
+from tests.fake_data import pascal_context
 
 CATALOG = load_catalog()["datasets"]
 HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "md5": re.compile(r"[0-9a-f]{32}")}
@@ -196,9 +197,9 @@ def test_unknown_names_are_listed():
 # Real-dataset loaders on tiny fake layouts
 
 
-def _jpeg(path: Path, rgb) -> None:
+def _jpeg(path: Path, rgb, size=(8, 6)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 6), rgb).save(path)
+    Image.new("RGB", size, rgb).save(path)
 
 
 def test_food101_opens_with_readable_classnames(tmp_path):
@@ -328,3 +329,20 @@ def test_dataset_targets_for_workflow_rules():
         registry.dataset_targets("cifar11", None, **kw)
     rx = re.compile(registry.wildcard_alternatives(["a.zip", "b-c.tar.gz"]))
     assert rx.fullmatch("b-c.tar.gz") and not rx.fullmatch("aXzip")
+
+
+def test_pascal_context_reads_59_class_label_maps(tmp_path):
+    """Label 0 (none of the 59) becomes the ignored 255 and 1..59 become 0..58; a missing
+    layout names what is missing and where to get it."""
+    with pytest.raises(Exception, match="SegmentationClassContext"):
+        registry.open_dataset("pascal-context", "val", results=tmp_path, resources=tmp_path)
+    voc, raws = pascal_context(tmp_path, ["2008_000002", "2008_000007"],
+                                np.random.default_rng(0))
+    ds = registry.open_dataset("pascal-context", "val", results=tmp_path, resources=tmp_path)
+    assert len(ds) == 2 and len(ds.classnames) == 59 and ds.labels is None
+    assert ds.image(1).size == (30, 20)
+    m = ds.class_mask(1)
+    assert m.dtype == np.int64 and (m[raws[1] == 0] == 255).all()
+    assert (m[raws[1] > 0] == raws[1][raws[1] > 0].astype(np.int64) - 1).all()
+    with pytest.raises(ValueError, match="splits"):
+        registry.open_dataset("pascal-context", "test", results=tmp_path, resources=tmp_path)
