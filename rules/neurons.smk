@@ -174,3 +174,128 @@ rule neurons_effects:
         roots=data_roots,
     script:
         "../workflow_scripts/neurons/neurons_effects.py"
+
+
+rule neurons_retrieval:
+    input:
+        store=lambda w: neurons_store_path(w.model),
+        components=f"{R}/neurons/{{model}}/components.h5",
+        sparse=f"{R}/neurons/{{model}}/sparse.json",
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(NEURONS.dataset, NEURONS.split),
+    output:
+        csv=f"{R}/tables/neurons/{{model}}/retrieval.csv",
+        pngs=report(
+            neurons_retrieval_figures("{model}"),
+            category="Study 003: neurons and pairs",
+            caption="../report/neurons/retrieval.rst",
+        ),
+    log:
+        f"{R}/logs/neurons_retrieval/{{model}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.retrieval.to_dict(),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_retrieval.py"
+
+
+rule neurons_segmentation:
+    input:
+        components=f"{R}/neurons/{{model}}/components.h5",
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: neurons_task_inputs(NEURONS.segmentation.task),
+    output:
+        csv=f"{R}/tables/neurons/{{model}}/segmentation.csv",
+        png=report(
+            f"{R}/figures/neurons/{{model}}/segmentation.png",
+            category="Study 003: neurons and pairs",
+            caption="../report/neurons/segmentation.rst",
+        ),
+    log:
+        f"{R}/logs/neurons_segmentation/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/neurons_segmentation/{{model}}.tsv"
+    conda:
+        "../envs/cliplens.yaml"
+    threads: cache_threads
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_resource,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.segmentation.to_dict(),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_segmentation.py"
+
+
+rule neurons_shift:
+    input:
+        store=lambda w: neurons_store_path(
+            w.model, NEURONS.shift.dataset, NEURONS.shift.split, NEURONS.shift.images
+        ),
+        components=f"{R}/neurons/{{model}}/components.h5",
+        sparse=f"{R}/neurons/{{model}}/sparse.json",
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(NEURONS.shift.dataset, NEURONS.shift.split),
+    output:
+        csv=f"{R}/tables/neurons/{{model}}/shift.csv",
+        png=report(
+            f"{R}/figures/neurons/{{model}}/shift.png",
+            category="Study 003: neurons and pairs",
+            caption="../report/neurons/shift.rst",
+        ),
+    log:
+        f"{R}/logs/neurons_shift/{{model}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.shift.to_dict(),
+        years=list(S.toy.shift.years),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_shift.py"
+
+
+rule neurons_evidence:
+    input:
+        store=lambda w: neurons_store_path(w.model),
+        components=f"{R}/neurons/{{model}}/components.h5",
+        sparse=f"{R}/neurons/{{model}}/sparse.json",
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: dataset_inputs(NEURONS.dataset, NEURONS.split),
+    output:
+        csv=f"{R}/tables/neurons/{{model}}/evidence.csv",
+        json=f"{R}/tables/neurons/{{model}}/evidence.json",
+        png=report(
+            f"{R}/figures/neurons/{{model}}/evidence.png",
+            category="Study 003: neurons and pairs",
+            caption="../report/neurons/evidence.rst",
+        ),
+    log:
+        f"{R}/logs/neurons_evidence/{{model}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec=lambda w: model_spec(w.model),
+        cfg=NEURONS.evidence.to_dict(),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/neurons/neurons_evidence.py"

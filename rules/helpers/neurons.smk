@@ -1,4 +1,6 @@
 # Helpers of rules/neurons.smk (functions only; the rules are there).
+from cliplens.core.models.layout import planned_tower
+
 NEURONS = S.neurons
 NEURONS_MODELS = [model_slug(m) for m in NEURONS.models]
 
@@ -42,6 +44,24 @@ def neurons_effects_inputs(wildcards):
     return {"store": store, "data": split_inputs(task.dataset, task.split)}
 
 
+def neurons_task_inputs(task_name):
+    """The dataset files of a zero-shot task's split."""
+    task = get_task(task_name)
+    return split_inputs(task.dataset, task.split)
+
+
+def neurons_retrieval_figures(model):
+    """One grid per chosen neuron: neurons.retrieval.neurons, or its `auto` strongest."""
+    n = len(NEURONS.retrieval.neurons) or NEURONS.retrieval.auto
+    return [f"{R}/figures/neurons/{model}/retrieval/{i}.png" for i in range(1, n + 1)]
+
+
+def neurons_is_resnet(slug):
+    """Whether the tower of model ``slug`` is a CLIP ResNet, when known before loading."""
+    tower = planned_tower(model_spec(slug), S.toy_models)
+    return tower is not None and tower[0] == "resnet"
+
+
 def neurons_text_files():
     """Text files of neurons.sparse.text_sets (file:PATH): editing one re-embeds the texts."""
     return [
@@ -52,8 +72,16 @@ def neurons_text_files():
 def neurons_outputs():
     """Every output of study 003 for each model in neurons.models."""
     out = []
+    toy_store = NEURONS.dataset.startswith("toy")
     for m in NEURONS_MODELS:
         out += [f"{R}/neurons/{m}/sparse.txt", f"{R}/tables/neurons/{m}/top_units.csv"]
+        out += neurons_retrieval_figures(m)
         if NEURONS.effects.task:
             out.append(f"{R}/figures/neurons/{m}/effects.png")
+        if NEURONS.segmentation.task and neurons_is_resnet(m):
+            out.append(f"{R}/figures/neurons/{m}/segmentation.png")
+        if NEURONS.shift.dataset:
+            out.append(f"{R}/figures/neurons/{m}/shift.png")
+        if toy_store:
+            out.append(f"{R}/figures/neurons/{m}/evidence.png")
     return out

@@ -62,6 +62,10 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["neurons_effects"] == 2, stats
     assert "neurons/open_clip--RN50x16@openai/imagenet/val/1000/store.h5" in text
     assert "neurons/open_clip--RN50x16@openai/imagenet/val/5000/store.h5" in text
+    # ... with PASCAL Context-59 segmentation for the ResNet only, and Stanford Cars years
+    assert stats["neurons_segmentation"] == 1 and stats["neurons_shift"] == 2, stats
+    assert "neurons/open_clip--RN50x16@openai/stanford-cars/train/all/store.h5" in text
+    assert "neurons_evidence" not in stats, stats  # the toy world's factors only
     assert elapsed < 60, elapsed
 
 
@@ -230,6 +234,21 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         if m == "toy--clip-rn":  # pairs are rank one: their first component is exact
             assert acc[("component", "")] == pytest.approx(acc[("original", "")])
         assert is_png(res / f"figures/neurons/{m}/effects.png")
+        # part 2: top images per chosen neuron, concept tracking, the toy evidence
+        ret = list(csv.DictReader((res / f"tables/neurons/{m}/retrieval.csv").open()))
+        assert len({r["neuron"] for r in ret}) == 2 and all(is_png(res / f"figures/neurons/{m}/"
+                                                                   f"retrieval/{i}.png") for i in (1, 2))
+        assert len(ret) == 2 * 4 * (3 if m == "toy--clip-rn" else 2)  # rows x 4 images
+        shift = list(csv.DictReader((res / f"tables/neurons/{m}/shift.csv").open()))
+        assert len(shift) == 10 and sum(int(r["images"]) for r in shift) == 100
+        assert float(shift[0]["true_share"]) < float(shift[-1]["true_share"])
+        ev = json.loads((res / f"tables/neurons/{m}/evidence.json").read_text())
+        assert ev["units"] == len(list(csv.DictReader((res / f"tables/neurons/{m}/evidence.csv")
+                                                      .open())))
+        assert 0 <= ev["all"]["chance"] <= 1
+    seg = list(csv.DictReader((res / "tables/neurons/toy--clip-rn/segmentation.csv").open()))
+    assert [r["method"] for r in seg] == ["matched pairs", "all pairs", "centre prior"]
+    assert not (res / "tables/neurons/toy--clip-vit-2/segmentation.csv").exists()
 
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
@@ -247,7 +266,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert "Produced with models ['toy:clip-vit', 'toy:siglip2-32']" in caption
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
-                "spurious.png", "effects.png"):
+                "spurious.png", "effects.png", "segmentation.png", "shift.png", "evidence.png",
+                "retrieval"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -265,13 +285,17 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "dtype": ({"cache": {"dtype": "float16"}},
                   {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
                    "zeroshot_figure": 1, "all": 1}),
-        "unused dataset": ({"toy": {"shift": {"n_per_year": 31}}}, {}),
+        # toy-shift feeds study 003's concept tracking only
+        "shift dataset": ({"toy": {"shift": {"n_per_year": 31}}},
+                          {"toy_world": 1, "neurons_store_shard": 2, "neurons_store_gather": 2,
+                           "neurons_shift": 2, "all": 1}),
         # TextSpan's number of texts: no decomposition, text embedding, ablation or spurious job
         "textspan texts": ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 2]}}},
                            {**HEADS_JOBS, "all": 1}),
         # the number of texts per component re-decomposes, nothing else
         "sparse k": ({"neurons": {"sparse": {"k": 4, "normalise": "columns"}}},
-                     {"neurons_sparse": 2, "neurons_effects": 2, "all": 1}),
+                     {"neurons_sparse": 2, "neurons_effects": 2, "neurons_retrieval": 2,
+                      "neurons_shift": 2, "neurons_evidence": 2, "all": 1}),
         # settings that cannot change a result rerun nothing
         "hf_home": ({"hf_home": str(tmp_path / "elsewhere")}, {}),
         "device": ({"device": "cpu"}, {}),

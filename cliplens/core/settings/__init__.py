@@ -24,8 +24,8 @@ from ..config import ConfigError, validate_config
 from .base import Section, plain, schema_at
 from .heads import (FactorSettings, HeadsFit, HeadsSettings, NeighbourSettings,
                     SegmentationSettings, SpuriousSettings, TextSpanSettings)
-from .neurons import (NeuronComponents, NeuronEffects, NeuronSparse, NeuronsSettings,
-                      NeuronTable)
+from .neurons import (NeuronComponents, NeuronEffects, NeuronEvidence, NeuronRetrieval,
+                      NeuronSegmentation, NeuronShift, NeuronSparse, NeuronsSettings, NeuronTable)
 from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
@@ -37,7 +37,8 @@ from .toy import (Batching, ColourOpsWorld, ImageObjective, PartialCaptions, Shi
 __all__ = [
     "Batching", "CacheSettings", "ColourOpsWorld", "FactorSettings", "HeadsFit", "HeadsSettings",
     "ImageObjective", "InversionFigure", "InversionSettings", "NeighbourSettings",
-    "NeuronComponents", "NeuronEffects", "NeuronSparse", "NeuronTable", "NeuronsSettings",
+    "NeuronComponents", "NeuronEffects", "NeuronEvidence", "NeuronRetrieval",
+    "NeuronSegmentation", "NeuronShift", "NeuronSparse", "NeuronTable", "NeuronsSettings",
     "OperatorSettings", "PartialCaptions", "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",

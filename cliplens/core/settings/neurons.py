@@ -34,6 +34,43 @@ class NeuronEffects(Section):
 
 
 @dataclass(frozen=True)
+class NeuronRetrieval(Section):
+    SCHEMA: ClassVar[str] = "neurons.retrieval"
+    neurons: tuple[int, ...]
+    auto: int
+    images: int
+    pairs: int | None
+
+
+@dataclass(frozen=True)
+class NeuronSegmentation(Section):
+    SCHEMA: ClassVar[str] = "neurons.segmentation"
+    task: str | None
+    images: int | None
+    pairs_per_class: int | None
+    batch_size: int
+    show: int
+
+
+@dataclass(frozen=True)
+class NeuronShift(Section):
+    SCHEMA: ClassVar[str] = "neurons.shift"
+    dataset: str | None
+    split: str
+    images: int | None
+    concept: tuple[str, ...]
+    texts: int
+    truth: dict | None
+
+
+@dataclass(frozen=True)
+class NeuronEvidence(Section):
+    SCHEMA: ClassVar[str] = "neurons.evidence"
+    texts: int
+    min_r2: float
+
+
+@dataclass(frozen=True)
 class NeuronTable(Section):
     SCHEMA: ClassVar[str] = "neurons.table"
     top: int
@@ -54,4 +91,8 @@ class NeuronsSettings(Section):
     components: NeuronComponents
     sparse: NeuronSparse
     effects: NeuronEffects
+    retrieval: NeuronRetrieval
+    segmentation: NeuronSegmentation
+    shift: NeuronShift
+    evidence: NeuronEvidence
     table: NeuronTable

@@ -128,6 +128,8 @@ def check_references(s) -> list[tuple[str, str]]:
                   ("inversion.operators", ops.dataset, ops.train_split),
                   ("inversion.operators", ops.dataset, ops.test_split),
                   ("neurons", s.neurons.dataset, s.neurons.split)]
+    if s.neurons.shift.dataset is not None:
+        split_refs.append(("neurons.shift", s.neurons.shift.dataset, s.neurons.shift.split))
     if spur_ds is not None:
         split_refs.append(("heads.spurious.fit_split", spur_ds, hs.spurious.fit_split))
     if hs.factors.enabled and hs.fit.dataset.startswith("toy"):
@@ -258,9 +260,29 @@ def _neuron_problems(s, bad_models) -> list[tuple[str, str]]:
             out.append(("neurons.effects.replace_n_texts",
                         f"asks for {max(ef.replace_n_texts)} texts, but neurons.sparse.k = "
                         f"{ns.sparse.k} are chosen per component"))
+    seg = ns.segmentation
+    if seg.task is not None:
+        from ..data.tasks import TASKS
+
+        if seg.task not in TASKS:
+            out.append(("neurons.segmentation.task", f"unknown zero-shot task {seg.task!r}; "
+                                                     f"known: {sorted(TASKS)}"))
+    sh = ns.shift
+    if sh.dataset is not None and sh.truth is not None:
+        from ..toy.world import FACTORS
+
+        values = FACTORS.get(sh.truth["factor"])
+        if values is None or sh.truth["value"] not in values:
+            out.append(("neurons.shift.truth", f"{sh.truth['factor']} = {sh.truth['value']!r} "
+                                               "is not a toy factor value; toy factors: "
+                                               f"{ {f: list(v) for f, v in FACTORS.items()} }"))
     n = (_splits_of(ns.dataset, s.toy) or {}).get(ns.split)
     if n is not None:
         n = n if ns.images is None else min(n, ns.images)
+        if ns.retrieval.images > n:
+            out.append(("neurons.retrieval.images",
+                        f"{ns.retrieval.images} images per row, but the store holds {n} images "
+                        f"of {ns.dataset}/{ns.split}"))
         if ns.components.top_k > n:
             out.append(("neurons.components.top_k",
                         f"top {ns.components.top_k} images per unit, but the store holds "

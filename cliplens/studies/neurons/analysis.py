@@ -1,5 +1,6 @@
-"""What study 003's units do to the embedding: replacement and mean-ablation (issue 16's first
-two analyses, as pure functions; their rules, tables and figures are not built yet).
+"""What study 003's units do to the embedding and what they respond to, as pure functions:
+replacement and mean-ablation, activations along the first component, the norms of CLIP
+ResNet neurons (all their pairs), and the units whose texts name a concept.
 
 Each image embedding splits into its units' terms and the rest, ``e_i = sum_u r_iu + rest_i``
 (pairs: ``r_iu = s_iu u_u``, rest = the pool's bias; ViT neurons, exact variant: rest = every
@@ -16,7 +17,7 @@ a percentile).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -102,3 +103,67 @@ def changed_pairs(scalar_blocks: Blocks, u: np.ndarray, s_mean: np.ndarray,
                 part = part + (s[:, repl] - s_mean[repl]) @ gain
             out.append(part)
     return [np.concatenate(p) for p in parts]
+
+
+def unit_projections(blocks: Blocks, mean: np.ndarray, directions: np.ndarray,
+                     units: Sequence[int]) -> np.ndarray:
+    """Activations A [N, len(units)]: ``A[i, j] = <r_{i,u} - mean_u, d_u>`` for u = units[j],
+    d_u the unit-normalised ``directions[u]`` (a first component: the scalar the component
+    describes), from one pass over blocks of unit vectors [b, U, D]."""
+    units = np.asarray(units, dtype=np.int64)
+    mean = np.asarray(mean, dtype=np.float64)[units]
+    d = _unit_dirs(np.asarray(directions)[units])
+    out = [np.einsum("bud,ud->bu", np.asarray(x, dtype=np.float64)[:, units] - mean, d)
+           for _, x in blocks()]
+    return np.concatenate(out) if out else np.zeros((0, len(units)))
+
+
+def pair_projections(scalar_blocks: Blocks, u: np.ndarray, s_mean: np.ndarray,
+                     directions: np.ndarray, units: Sequence[int]) -> np.ndarray:
+    """:func:`unit_projections` for pairs from their scalars [b, H, C]:
+    ``A[i, j] = (s_{i,u} - mean(s_u)) <u_u, d_u>``."""
+    units = np.asarray(units, dtype=np.int64)
+    uf = np.asarray(u, dtype=np.float64).reshape(-1, np.shape(u)[-1])[units]
+    gain = np.einsum("ud,ud->u", uf, _unit_dirs(np.asarray(directions)[units]))
+    m = np.asarray(s_mean, dtype=np.float64)[units]
+    out = [(np.asarray(s, dtype=np.float64).reshape(len(s), -1)[:, units] - m) * gain
+           for _, s in scalar_blocks()]
+    return np.concatenate(out) if out else np.zeros((0, len(units)))
+
+
+def channel_norms(scalar_blocks: Blocks, u: np.ndarray, s_mean: np.ndarray,
+                  channels: Sequence[int]) -> np.ndarray:
+    """Centred norms [N, len(channels)] of CLIP ResNet neurons, each the sum of its pairs over
+    the heads: ``|| sum_h (s_{i,h,c} - mean s_{h,c}) u_{h,c} ||``, computed with the heads'
+    Gram matrix ``<u_{h,c}, u_{h',c}>`` [H, H] per channel (no [N, D] vectors)."""
+    u = np.asarray(u, dtype=np.float64)
+    h, c, _ = u.shape
+    ch = np.asarray(channels, dtype=np.int64)
+    gram = np.einsum("hcd,gcd->chg", u[:, ch], u[:, ch])                   # [n, H, H]
+    m = np.asarray(s_mean, dtype=np.float64).reshape(h, c)[:, ch].T        # [n, H]
+    out = []
+    for _, s in scalar_blocks():
+        x = np.asarray(s, dtype=np.float64)[:, :, ch].transpose(0, 2, 1) - m   # [b, n, H]
+        out.append(np.sqrt(np.maximum(np.einsum("bnh,nhg,bng->bn", x, gram, x), 0.0)))
+    return np.concatenate(out) if out else np.zeros((0, len(ch)))
+
+
+def naming_units(decompositions: Sequence[Mapping[str, Sequence]], words: Sequence[str],
+                 top: int) -> list[tuple[int, float]]:
+    """Units whose first ``top`` sparse texts (by |weight|) name one of ``words`` (whole words,
+    any case), with the sign of the first such text's weight: [(unit index, +1 or -1)].
+    ``decompositions[u]``: ``{"texts": [...], "weights": [...]}`` as :func:`~.jobs.run_sparse`
+    writes them."""
+    import re
+
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(w.lower()) for w in words)
+                         + r")(?![\w-])")
+    out = []
+    for i, dec in enumerate(decompositions):
+        order = np.argsort(-np.abs(np.asarray(dec["weights"], dtype=np.float64)),
+                           kind="stable")[:top]
+        for j in order:
+            if pattern.search(dec["texts"][j].lower()):
+                out.append((i, 1.0 if dec["weights"][j] >= 0 else -1.0))
+                break
+    return out

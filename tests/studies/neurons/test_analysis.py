@@ -72,3 +72,49 @@ def test_the_published_mask_keeps_the_top_tenth():
     assert unit_mask(top, 0).all()
     with pytest.raises(ValueError, match="percentile"):
         unit_mask(top, 101)
+
+
+def test_activations_along_components_from_vectors_and_from_scalars():
+    """A unit's activation is its centred term's projection on its (normalised) component;
+    for pairs the scalars give the same numbers as the materialised vectors."""
+    from cliplens.studies.neurons.analysis import pair_projections, unit_projections
+
+    rng = np.random.default_rng(3)
+    n, h, c, d = 11, 2, 3, 4
+    s = rng.standard_normal((n, h, c))
+    u = rng.standard_normal((h, c, d))
+    reps = (s[..., None] * u).reshape(n, h * c, d)
+    mean = reps.mean(0)
+    dirs = 3.0 * rng.standard_normal((h * c, d))
+    units = [4, 0, 5]
+    want = np.stack([(reps[:, j] - mean[j]) @ (dirs[j] / np.linalg.norm(dirs[j]))
+                     for j in units], 1)
+    np.testing.assert_allclose(unit_projections(array_blocks(reps, 4), mean, dirs, units), want,
+                               atol=1e-12)
+    got = pair_projections(array_blocks(s, 5), u, s.reshape(n, -1).mean(0), dirs, units)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_neuron_norms_sum_the_pairs_of_a_channel():
+    from cliplens.studies.neurons.analysis import channel_norms
+
+    rng = np.random.default_rng(4)
+    n, h, c, d = 9, 3, 4, 5
+    s = rng.standard_normal((n, h, c))
+    u = rng.standard_normal((h, c, d))
+    m = s.reshape(n, -1).mean(0)
+    got = channel_norms(array_blocks(s, 2), u, m, [2, 0])
+    centred = (s - s.mean(0))[..., None] * u                            # [n, h, c, d]
+    want = np.linalg.norm(centred.sum(1)[:, [2, 0]], axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_units_naming_a_concept_keep_the_sign_of_their_text():
+    from cliplens.studies.neurons.analysis import naming_units
+
+    decs = [{"texts": ["a red circle", "golden", "big"], "weights": [0.9, -0.5, 0.1]},
+            {"texts": ["a star", "a yellow object"], "weights": [0.2, 0.7]},
+            {"texts": ["lemonade", "yellowish"], "weights": [1.0, 1.0]},    # not whole words
+            {"texts": ["a", "b", "c", "Yellow"], "weights": [0.4, 0.3, 0.2, 0.1]}]
+    assert naming_units(decs, ["yellow", "golden"], top=2) == [(0, -1.0), (1, 1.0)]
+    assert naming_units(decs, ["yellow", "golden"], top=4) == [(0, -1.0), (1, 1.0), (3, 1.0)]

@@ -224,3 +224,178 @@ def test_effects_tables_hold_the_algebra(effects, tiny_world):
             comp = t[t["what"] == "component"]["accuracy"].iloc[0]
             assert comp == pytest.approx(orig)
         assert (out / f"{slug}.effects.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _brute_activations(cache, spec, tiny_world, comp, variant):
+    """[N, U] activations along the components, from the whole store in memory."""
+    if variant == "pairs":
+        model = load_model(spec, **tiny_world.load)
+        u = pair_directions(model.tower.attention_pool()).double().numpy()
+        reps = cache.load("scalars").astype(np.float64)[..., None] * u
+        reps = reps.reshape(len(reps), -1, u.shape[-1])
+    else:
+        reps = cache.load(variant).astype(np.float64)
+    d = comp["pc0"] / np.maximum(np.linalg.norm(comp["pc0"], axis=1, keepdims=True), 1e-300)
+    return np.einsum("nud,ud->nu", reps - reps.mean(0), d), reps
+
+
+def test_retrieval_shows_the_top_images_of_each_row(study, tiny_world):
+    """Each row's images are the store's largest activations (pairs, ViT variants) or centred
+    neuron norms (all pairs of a channel), as rows of the split; a missing neuron is named."""
+    out, paths = study
+    for spec in MODELS:
+        p = paths[spec]
+        pngs = [str(out / f"{p['slug']}.retrieval.{i}.png") for i in (1, 2)]
+        table = jobs.run_retrieval(
+            spec=spec, load=tiny_world.load, cfg={"auto": 2, "images": 3, "pairs": 2},
+            roots=tiny_world.roots, store=p["store"], components_path=p["comp"],
+            sparse_json=str(out / f"{p['slug']}.json"), out_csv=str(out / "r.csv"), out_pngs=pngs)
+        comps, prov = jobs.read_components(p["comp"], spec)
+        with RowCache(p["store"], "neurons") as cache:
+            index = jobs.store_view(cache.provenance, len(cache), tiny_world.roots).index
+            variants = ["pairs"] if prov["units"] == "pairs" else ["exact", "published"]
+            acts = {v: _brute_activations(cache, spec, tiny_world, comps[v], v) for v in variants}
+        neurons = table["neuron"].unique()
+        assert len(neurons) == 2 and all(open(f, "rb").read(4) == b"\x89PNG" for f in pngs)
+        for c in neurons:
+            rows = table[table["neuron"] == c]
+            for label, got in rows.groupby("row", sort=False):
+                if label.startswith("neuron"):                   # all heads of channel c
+                    heads = prov["unit_shape"][0]
+                    reps = acts["pairs"][1].reshape(len(index), heads, -1, acts["pairs"][1].shape[-1])
+                    values = np.linalg.norm((reps - reps.mean(0))[:, :, c].sum(1), axis=-1)
+                else:
+                    unit = label.split()[1].rstrip(":")
+                    names = jobs.unit_names(prov)
+                    v = "pairs" if prov["units"] == "pairs" else label.split()[1].rstrip(":")
+                    if prov["units"] == "pairs":
+                        values = acts[v][0][:, names.index(unit)]
+                    else:
+                        values = acts[v][0][:, c]
+                want = index[np.argsort(-values, kind="stable")[:3]]
+                assert list(got.sort_values("rank")["image"]) == list(want), (spec, label)
+            if prov["units"] == "pairs":
+                assert len(rows["row"].unique()) == 3          # the neuron and its 2 strongest pairs
+    with pytest.raises(ValueError, match="do not exist"):
+        jobs.run_retrieval(spec="toy:clip-rn", load=tiny_world.load,
+                           cfg={"neurons": [10 ** 6]}, roots=tiny_world.roots,
+                           store=paths["toy:clip-rn"]["store"],
+                           components_path=paths["toy:clip-rn"]["comp"],
+                           sparse_json=str(out / "toy--clip-rn.json"),
+                           out_csv=str(out / "r.csv"), out_pngs=[str(out / "x.png")])
+
+
+def test_segmentation_from_pairs_scores_maps_and_refuses_vits(study, tiny_world):
+    from cliplens.core.segmentation import centre_prior
+
+    out, paths = study
+    p = paths["toy:clip-rn"]
+    table = jobs.run_segmentation(
+        spec="toy:clip-rn", load=tiny_world.load,
+        cfg={"task": "toy-colour", "images": 12, "pairs_per_class": 3, "batch_size": 5,
+             "show": 2}, roots=tiny_world.roots, components_path=p["comp"],
+        out_csv=str(out / "seg.csv"), out_png=str(out / "seg.png"))
+    assert list(table["method"]) == ["matched pairs", "all pairs", "centre prior"]
+    assert (table["n"] == 12).all()
+    for col in ("pixel_accuracy", "miou", "iou_fg", "iou_bg"):
+        assert table[col].between(0, 1).all()
+    # the prior's row is the prior scored on the same masks (nothing depends on the model)
+    prior = table[table["method"] == "centre prior"].iloc[0]
+    assert prior["miou"] == pytest.approx((prior["iou_fg"] + prior["iou_bg"]) / 2)
+    assert centre_prior(8).argmax() in (27, 28, 35, 36)
+    assert (out / "seg.png").read_bytes()[:4] == b"\x89PNG"
+    # PASCAL Context-59 (class masks): every pixel gets the class of largest map
+    from tests.fake_data import pascal_context
+
+    pascal_context(tiny_world.results.parent, ["a", "b", "c"], np.random.default_rng(0))
+    t = jobs.run_segmentation(
+        spec="toy:clip-rn", load=tiny_world.load,
+        cfg={"task": "pascal-context", "images": None, "pairs_per_class": 3, "show": 2},
+        roots=tiny_world.roots, components_path=p["comp"], out_csv=str(out / "pc.csv"),
+        out_png=str(out / "pc.png"))
+    assert list(t["method"]) == ["matched pairs", "all pairs"] and (t["n"] == 3).all()
+    assert t["miou"].between(0, 1).all() and (t["classes"] <= 59).all()
+    assert (out / "pc.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="needs a CLIP ResNet"):
+        jobs.run_segmentation(spec="toy:clip-vit-2", load=tiny_world.load, cfg={"images": 4},
+                              roots=tiny_world.roots,
+                              components_path=paths["toy:clip-vit-2"]["comp"],
+                              out_csv=str(out / "s2.csv"), out_png=str(out / "s2.png"))
+
+
+@pytest.fixture(scope="module")
+def shift_stores(study, tiny_world):
+    from cliplens.core.jobs import run_toy_world
+
+    out, paths = study
+    run_toy_world(dataset="toy-shift", cfg=tiny_world.S.toy.to_dict(),
+                  out=str(tiny_world.results / "data" / "toy" / "toy-shift.h5"))
+    stores = {}
+    for spec in MODELS:
+        shard, store = (str(out / f"{paths[spec]['slug']}.shift.{x}.h5") for x in ("0", "all"))
+        jobs.run_extract_shard(spec=spec, load=tiny_world.load, dataset="toy-shift",
+                               split="test", images=None, shard=0, n_shards=1, layer=0,
+                               batch_size=64, dtype="float32", roots=tiny_world.roots, out=shard)
+        run_gather(shards=[shard], out=store)
+        stores[spec] = store
+    return stores
+
+
+def test_concept_tracking_per_year_against_the_true_share(study, shift_stores, tiny_world):
+    """Years and true shares come from the toy-shift labels; the activation is the signed
+    mean of the units naming the concept; the correlations are Pearson's."""
+    from cliplens.core.data.registry import open_dataset
+    from cliplens.core.toy.world import COLOURS
+
+    out, paths = study
+    S = tiny_world.S
+    data = open_dataset("toy-shift", "test", **tiny_world.roots)
+    years = np.asarray(S.toy.shift.years)[data.factor_labels["year"]]
+    yellow = data.factor_labels["colour"] == COLOURS.index("yellow")
+    cfg = {"concept": ["yellow", "golden", "lemon", "red", "a"], "texts": 4}
+    for spec in MODELS:
+        p = paths[spec]
+        t = jobs.run_shift(spec=spec, load=tiny_world.load, cfg=cfg, roots=tiny_world.roots,
+                           store=shift_stores[spec], components_path=p["comp"],
+                           sparse_json=str(out / f"{p['slug']}.json"),
+                           years=list(S.toy.shift.years), out_csv=str(out / "shift.csv"),
+                           out_png=str(out / "shift.png"))
+        assert list(t["year"]) == list(S.toy.shift.years)
+        assert (t["images"] == S.toy.shift.n_per_year).all()
+        want = [yellow[years == y].mean() for y in t["year"]]
+        np.testing.assert_allclose(t["true_share"], want)
+        assert (t["units"] > 0).all()
+        r = np.corrcoef(t["true_share"], t["activation"])[0, 1]
+        assert t["r_truth"].iloc[0] == pytest.approx(r)
+        assert t["r_truth_low"].iloc[0] <= r <= t["r_truth_high"].iloc[0]
+    t = jobs.run_shift(spec="toy:clip-rn", load=tiny_world.load, cfg={"concept": ["zzz"]},
+                       roots=tiny_world.roots, store=shift_stores["toy:clip-rn"],
+                       components_path=paths["toy:clip-rn"]["comp"],
+                       sparse_json=str(out / "toy--clip-rn.json"), years=None,
+                       out_csv=str(out / "shift0.csv"), out_png=str(out / "shift0.png"))
+    assert (t["units"] == 0).all() and t["activation"].isna().all()
+    assert list(t["year"]) == list(range(len(S.toy.shift.years)))      # year indices
+
+
+def test_evidence_counts_agreement_against_chance(study, tiny_world):
+    out, paths = study
+    for spec in MODELS:
+        p = paths[spec]
+        summary = jobs.run_evidence(spec=spec, load=tiny_world.load, cfg={"texts": 3},
+                                    roots=tiny_world.roots, store=p["store"],
+                                    components_path=p["comp"],
+                                    sparse_json=str(out / f"{p['slug']}.json"),
+                                    out_csv=str(out / "ev.csv"), out_json=str(out / "ev.json"),
+                                    out_png=str(out / "ev.png"))
+        t = pd.read_csv(out / "ev.csv")
+        named = t[t["text_factor"].notna()]
+        assert summary["all"]["units"] == len(named)
+        assert summary["all"]["rate"] == pytest.approx((named["text_factor"]
+                                                        == named["probe_factor"]).mean())
+        pn = named["text_factor"].value_counts(normalize=True)
+        pp = named["probe_factor"].value_counts(normalize=True)
+        chance = sum(pn.get(f, 0) * pp.get(f, 0) for f in summary["factors"])
+        assert summary["all"]["chance"] == pytest.approx(chance)
+        r2 = t[[f"r2_{f}" for f in summary["factors"]]].to_numpy()
+        assert (t["probe_r2"].to_numpy() == r2.max(1)).all() and (r2 <= 1 + 1e-12).all()
+        assert (out / "ev.png").read_bytes()[:4] == b"\x89PNG"
