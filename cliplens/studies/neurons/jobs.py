@@ -588,7 +588,8 @@ def run_evidence(*, spec: str, load: Mapping[str, Any], cfg: Mapping[str, Any],
     :func:`~cliplens.core.factors.variance_shares`: even store rows fitted, odd rows scored);
     the agreement rate over the units whose texts name a factor, against chance -- the rate
     two independent draws with the same marginals would reach, ``sum_f p_named(f) p_probe(f)``
-    -- for all of them and for those whose best R^2 reaches ``cfg.min_r2``."""
+    -- with the one-sided binomial p-value of agreeing that often by chance (scipy), for all
+    of them, for those whose best R^2 reaches ``cfg.min_r2`` and for the strongest tenth."""
     from ...core.factors import named_factor, variance_shares
     from ...core.settings import NeuronEvidence
     from ...core.text.textsets import text_factors
@@ -628,13 +629,18 @@ def run_evidence(*, spec: str, load: Mapping[str, Any], cfg: Mapping[str, Any],
     write_table(out_csv, table)
 
     def rate(t):
+        from scipy.stats import binomtest
+
         t = t[t["text_factor"].notna()]
         if not len(t):
-            return {"units": 0, "agree": 0, "rate": np.nan, "chance": np.nan}
+            return {"units": 0, "agree": 0, "rate": np.nan, "chance": np.nan, "p": np.nan}
         pn = t["text_factor"].value_counts(normalize=True)
         pp = t["probe_factor"].value_counts(normalize=True)
-        return {"units": len(t), "agree": int(t["agree"].sum()), "rate": float(t["agree"].mean()),
-                "chance": float(sum(pn.get(f, 0) * pp.get(f, 0) for f in factors))}
+        chance = float(sum(pn.get(f, 0) * pp.get(f, 0) for f in factors))
+        agree = int(t["agree"].sum())
+        p = binomtest(agree, len(t), min(max(chance, 0.0), 1.0), alternative="greater").pvalue
+        return {"units": len(t), "agree": agree, "rate": agree / len(t), "chance": chance,
+                "p": float(p)}
 
     summary = {"model": spec, "units": len(table), "variant": variant, "factors": factors,
                "texts": cfg.texts, "named": int(table["text_factor"].notna().sum()),
