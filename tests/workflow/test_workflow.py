@@ -58,7 +58,7 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["heads_spurious"] == 3 and "heads_factors" not in stats, stats
     assert "gtsegs_ijcv.mat" in text or "imagenet-seg" in text
     # study 003 as published: RN50x16 pairs and ViT-B-32 neurons over 1000 ImageNet val images
-    assert stats["neurons_store_gather"] == 4 and stats["neurons_sparse"] == 2, stats  # fit + task
+    assert stats["neurons_store_gather"] == 6 and stats["neurons_sparse"] == 2, stats  # fit, task, cars
     assert stats["neurons_effects"] == 2, stats
     assert "neurons/open_clip--RN50x16@openai/imagenet/val/1000/store.h5" in text
     assert "neurons/open_clip--RN50x16@openai/imagenet/val/5000/store.h5" in text
