@@ -399,3 +399,17 @@ def test_evidence_counts_agreement_against_chance(study, tiny_world):
         r2 = t[[f"r2_{f}" for f in summary["factors"]]].to_numpy()
         assert (t["probe_r2"].to_numpy() == r2.max(1)).all() and (r2 <= 1 + 1e-12).all()
         assert (out / "ev.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_years_come_from_toy_labels_or_the_model_year_of_a_class_name():
+    from types import SimpleNamespace
+
+    cars = SimpleNamespace(name="stanford-cars", split="train", labels=np.array([1, 0, 1]),
+                           classnames=["AM General Hummer SUV 2000", "Acura RL Sedan 2012"])
+    years, what = jobs._years(cars, None)
+    assert years.tolist() == [2012, 2000, 2012] and what == "model year"
+    toy = SimpleNamespace(factor_labels={"year": np.array([0, 2, 1])})
+    assert jobs._years(toy, [2000, 2001, 2002])[0].tolist() == [2000, 2002, 2001]
+    pets = SimpleNamespace(name="pets", split="test", labels=np.array([0]), classnames=["pug"])
+    with pytest.raises(ValueError, match="has no years"):
+        jobs._years(pets, None)
