@@ -28,7 +28,7 @@ def sae_metrics(sae: SAE, blocks: Iterable[np.ndarray], dense_above: float = 0.1
     sums); ``sae`` is put in eval mode (BatchTopK then uses its threshold)."""
     sae.eval()
     n = 0
-    s_x = s_xx = s_err = s_l1 = s_l0 = 0.0
+    s_xx = s_err = s_l1 = s_l0 = 0.0
     s_vec = None
     fired = None
     for x in blocks:

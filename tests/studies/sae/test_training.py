@@ -2,7 +2,6 @@
 memory), a killed run resumes to the same weights, and a TopK SAE finds a planted dictionary."""
 
 import numpy as np
-import pytest
 import torch
 
 from cliplens.studies.sae.training import BlockOrder, MemoryRows, StreamedRows, train_sae
