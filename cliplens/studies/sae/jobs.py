@@ -1,0 +1,93 @@
+"""Study 002 jobs (``rules/sae.smk`` is not written yet): train one SAE on an embedding cache
+and save it.
+
+An SAE is saved as ``{out}/sae.safetensors`` (weights) and ``{out}/sae.json`` (its settings,
+the cache it was trained on, the training record and the weights' SHA-256; written last), and
+loaded back only when the digest matches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ...core.caches.rows import RowCache
+from ...core.io import atomic_path, library_versions, sha256_file, write_json_atomic
+from ...core.models.storage import DIGESTS, verify_digests
+from .training import MemoryRows, StreamedRows, train_sae
+from .variants import SAE, build_sae
+
+log = logging.getLogger("cliplens")
+
+WEIGHTS_FILE = "sae.safetensors"
+META_FILE = "sae.json"
+CHECKPOINT_FILE = "last.pt"
+
+
+def save_sae(sae: SAE, meta: Mapping[str, Any], out_dir: str | os.PathLike) -> None:
+    """The weights, then the JSON (settings, ``meta``, the weights' digest) atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    write_json_atomic(out_dir / META_FILE, {**meta, "settings": sae.settings(),
+                                            DIGESTS: {WEIGHTS_FILE: sha256_file(
+                                                out_dir / WEIGHTS_FILE)}})
+
+
+def load_sae(out_dir: str | os.PathLike, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
+    """(SAE in eval mode, its metadata); weights whose SHA-256 differs from the recorded one
+    raise :class:`~cliplens.core.io.CorruptFileError`."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / META_FILE).read_text())
+    verify_digests(out_dir, meta.get(DIGESTS, {}), what="SAE")
+    sae = build_sae(meta["settings"])
+    sae.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
+    return sae.to(device).eval(), meta
+
+
+def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mapping[str, Any],
+                  out_dir: str, device: str = "cpu", progress: bool = True, on_step=None
+                  ) -> dict[str, Any]:
+    """Train the SAE ``sae`` (its variant's settings plus ``expansion``: m = expansion x d) on
+    the embeddings of ``cache`` (refused unless they are ``spec``'s), with ``train``:
+    ``batch_size``, ``epochs``, ``lr``, ``seed``, ``memory_mb`` (held in memory when the
+    embeddings fit, streamed block by block otherwise; the batches are the same),
+    ``checkpoint_every``.  Checkpoints go to ``{out_dir}/last.pt`` (a killed job resumes to
+    the same weights); the SAE to :func:`save_sae`.  Returns the metadata."""
+    cfg = dict(sae)
+    expansion = cfg.pop("expansion")
+    with RowCache(cache, "embeddings", {"model": spec}) as rc:
+        arr = rc.array("embeddings")
+        n, d = int(arr.shape[0]), int(arr.shape[1])
+        block = rc.chunk_rows("embeddings")
+        model = build_sae({**cfg, "d": d, "m": int(round(expansion * d))})
+        in_memory = n * d * 4 <= train["memory_mb"] * 2 ** 20
+        rows = (MemoryRows(rc.load("embeddings").astype("float32")) if in_memory
+                else StreamedRows(rc, "embeddings", block))
+        fingerprint = json.dumps({"sae": model.settings(), "train": dict(train),
+                                  "cache": rc.provenance}, sort_keys=True, default=str)
+        log.info("%s: training %s (%d -> %d) on %d embeddings of %s, %s", spec, model.kind, d,
+                 model.m, n, cache, "in memory" if in_memory else f"streamed in blocks of {block}")
+        loop = train_sae(model, rows, batch_size=train["batch_size"], epochs=train["epochs"],
+                         lr=train["lr"], seed=train["seed"], block_rows=block, device=device,
+                         desc=f"{model.kind} on {spec}",
+                         checkpoint_path=Path(out_dir) / CHECKPOINT_FILE,
+                         checkpoint_every=train["checkpoint_every"], fingerprint=fingerprint,
+                         progress=progress, on_step=on_step)
+        prov = rc.provenance
+    meta = {"model": spec, "kind": "sae", "cache": {k: prov.get(k) for k in
+                                                    ("dataset", "split", "n", "model")},
+            "train": dict(train), "steps": loop.steps, "resumed_from": loop.resumed_from,
+            "seconds": loop.seconds, "final_loss": loop.losses[-1],
+            "library_versions": library_versions()}
+    save_sae(model, meta, out_dir)
+    return meta
