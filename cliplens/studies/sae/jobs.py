@@ -1,5 +1,5 @@
 """Study 002 jobs (``rules/sae.smk`` is not written yet): train one SAE on an embedding cache
-and save it.
+and save it; score it on a zero-shot task's embeddings (metrics, CLIP vs CLIP+SAE).
 
 An SAE is saved as ``{out}/sae.safetensors`` (weights) and ``{out}/sae.json`` (its settings,
 the cache it was trained on, the training record and the weights' SHA-256; written last), and
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from ...core.caches.rows import RowCache
 from ...core.io import atomic_path, library_versions, sha256_file, write_json_atomic
 from ...core.models.storage import DIGESTS, verify_digests
-from .training import MemoryRows, StreamedRows, train_sae
+from .training import MemoryRows, Normalised, StreamedRows, train_sae
 from .variants import SAE, build_sae
 
 log = logging.getLogger("cliplens")
@@ -61,7 +61,8 @@ def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mappi
     the embeddings of ``cache`` (refused unless they are ``spec``'s), with ``train``:
     ``batch_size``, ``epochs``, ``lr``, ``seed``, ``memory_mb`` (held in memory when the
     embeddings fit, streamed block by block otherwise; the batches are the same),
-    ``checkpoint_every``.  Checkpoints go to ``{out_dir}/last.pt`` (a killed job resumes to
+    ``checkpoint_every``, ``normalise`` (each embedding scaled to unit norm first, as
+    published).  Checkpoints go to ``{out_dir}/last.pt`` (a killed job resumes to
     the same weights); the SAE to :func:`save_sae`.  Returns the metadata."""
     cfg = dict(sae)
     expansion = cfg.pop("expansion")
@@ -73,6 +74,8 @@ def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mappi
         in_memory = n * d * 4 <= train["memory_mb"] * 2 ** 20
         rows = (MemoryRows(rc.load("embeddings").astype("float32")) if in_memory
                 else StreamedRows(rc, "embeddings", block))
+        if train.get("normalise", True):
+            rows = Normalised(rows)
         fingerprint = json.dumps({"sae": model.settings(), "train": dict(train),
                                   "cache": rc.provenance}, sort_keys=True, default=str)
         log.info("%s: training %s (%d -> %d) on %d embeddings of %s, %s", spec, model.kind, d,
@@ -91,3 +94,44 @@ def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mappi
             "library_versions": library_versions()}
     save_sae(model, meta, out_dir)
     return meta
+
+
+def run_evaluate_sae(*, spec: str, load: Mapping[str, Any], sae_dir: str, task: str,
+                     cache: str, roots: Mapping[str, str], out: str) -> dict[str, Any]:
+    """The SAE of ``sae_dir`` on zero-shot task ``task`` from the embeddings ``cache`` of the
+    task's split (refused unless ``spec``'s): its metrics (:func:`~.metrics.sae_metrics`) and
+    the accuracy of CLIP (the embeddings, normalised as the SAE saw them) and of CLIP+SAE
+    (their reconstructions renormalised), with the same classifier.  JSON to ``out``; the
+    latents' firing rates are not written here."""
+    import numpy as np
+
+    from ...core.data.tasks import get_task
+    from ...core.models.registry import load_model
+    from ...core.text.zeroshot import argmax_accuracy, task_classifier
+    from .metrics import reconstructed, sae_metrics
+
+    sae, meta = load_sae(sae_dir)
+    if meta.get("model") != spec:
+        raise ValueError(f"{sae_dir} holds an SAE of {meta.get('model')!r}, not {spec!r}")
+    t = get_task(task)
+    with RowCache(cache, "embeddings", {"model": spec, "dataset": t.dataset,
+                                         "split": t.split}) as rc:
+        x = rc.load("embeddings").astype(np.float32)
+        start = int(rc.provenance.get("start", 0))
+    if meta["train"].get("normalise", True):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    W, ds, _ = task_classifier(load_model(spec, **load), task, roots)
+    labels = np.asarray(ds.labels)[start:start + len(x)]
+    block = 4096
+    metrics = sae_metrics(sae, (x[a:a + block] for a in range(0, len(x), block)))
+    firing = metrics.pop("firing")
+    result = {"model": spec, "task": task, "sae": meta["settings"], "n": len(x),
+              "accuracy_clip": argmax_accuracy(x, W, labels),
+              "accuracy_sae": argmax_accuracy(reconstructed(sae, x), W, labels),
+              "chance": 1.0 / W.shape[1], **metrics,
+              "firing_median": float(np.median(firing))}
+    write_json_atomic(out, result)
+    log.info("%s %s on %s: CLIP %.4f, CLIP+SAE %.4f, L0 %.1f, R2 %.3f, dead %.3f", spec,
+             meta["settings"]["kind"], task, result["accuracy_clip"], result["accuracy_sae"],
+             result["l0"], result["r2"], result["dead"])
+    return result

@@ -109,6 +109,18 @@ class StreamedRows:
         return out
 
 
+class Normalised:
+    """Rows of ``rows`` scaled to unit L2 norm (the published SAE trains on L2-normalised CLIP
+    embeddings)."""
+
+    def __init__(self, rows: Rows):
+        self.rows, self.n, self.dim = rows, rows.n, rows.dim
+
+    def __call__(self, idx):
+        x = np.asarray(self.rows(idx), dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def train_sae(sae: SAE, rows: Rows, *, batch_size: int, epochs: float, lr: float,
               seed: int, block_rows: int, device: str = "cpu", desc: str = "sae",
               checkpoint_path=None, checkpoint_every: int = 0, fingerprint: str | None = None,

@@ -50,3 +50,44 @@ def test_a_changed_weights_file_and_another_models_cache_are_refused(cache, tmp_
     with pytest.raises(ValueError, match="k = 300 active latents"):
         run_train_sae(spec="fake:linear", cache=str(cache), sae={**SAE, "k": 300},
                       train=TRAIN, out_dir=str(tmp_path / "d"), progress=False)
+
+
+def test_evaluation_scores_clip_and_clip_plus_sae_with_one_classifier(tiny_world, tmp_path):
+    import numpy as np
+
+    from cliplens.core.jobs import run_cache_shard
+    from cliplens.core.models.registry import load_model
+    from cliplens.core.text.zeroshot import task_classifier
+    from cliplens.studies.sae.jobs import run_evaluate_sae
+
+    spec = "toy:clip-vit"
+    for split in ("train", "test"):
+        run_cache_shard(spec=spec, load=tiny_world.load, dataset="toy", split=split, shard=0,
+                        n_shards=1, batch_size=64, dtype="float32", normalize=False,
+                        roots=tiny_world.roots, out=str(tmp_path / f"{split}.h5"))
+    run_train_sae(spec=spec, cache=str(tmp_path / "train.h5"),
+                  sae={"kind": "topk", "expansion": 4, "k": 8},
+                  train={**TRAIN, "epochs": 4, "batch_size": 32}, out_dir=str(tmp_path / "sae"),
+                  progress=False)
+    res = run_evaluate_sae(spec=spec, load=tiny_world.load, sae_dir=str(tmp_path / "sae"),
+                           task="toy-colour", cache=str(tmp_path / "test.h5"),
+                           roots=tiny_world.roots, out=str(tmp_path / "eval.json"))
+    W, ds, _ = task_classifier(load_model(spec, **tiny_world.load), "toy-colour",
+                               tiny_world.roots)
+    from cliplens.core.caches.rows import RowCache
+
+    with RowCache(tmp_path / "test.h5", "embeddings") as rc:
+        x = rc.load("embeddings").astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sae, _ = load_sae(tmp_path / "sae")
+    with torch.no_grad():
+        xh = sae(torch.as_tensor(x, dtype=torch.float32))[0].double().numpy()
+    y = np.asarray(ds.labels)
+    assert res["n"] == len(y) == 60 and res["l0"] <= 8
+    assert res["accuracy_clip"] == pytest.approx(((x @ W).argmax(1) == y).mean())
+    assert res["accuracy_sae"] == pytest.approx(((xh @ W).argmax(1) == y).mean())
+    assert 0 <= res["dead"] <= 1 and res["r2"] <= 1
+    with pytest.raises(ProvenanceError):
+        run_evaluate_sae(spec=spec, load=tiny_world.load, sae_dir=str(tmp_path / "sae"),
+                         task="toy-shape", cache=str(tmp_path / "train.h5"),
+                         roots=tiny_world.roots, out=str(tmp_path / "x.json"))
