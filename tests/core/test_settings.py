@@ -174,6 +174,17 @@ REFERENCE_MISTAKES = [
     ({"heads": {"textspan": {"n_texts": 2, "replace_n_texts": [1, 3]}}},
      r"heads\.textspan\.replace_n_texts: asks for 3 texts per head, but .*n_texts = 2"),
     ({"results": "/etc/passwd"}, r"results: /etc/passwd exists and is not a directory"),
+    ({"neurons": {"shift": {"truth": {"factor": "colour", "value": "teal"}}}},
+     r"neurons\.shift\.truth: colour = 'teal' is not a toy factor value"),
+    ({"neurons": {"segmentation": {"task": "toy-hue"}}},
+     r"neurons\.segmentation\.task: unknown zero-shot task 'toy-hue'"),
+    ({"sae": {"tasks": ["toy-hue"]}}, r"sae\.tasks\[0\]: unknown zero-shot task 'toy-hue'"),
+    ({"sae": {"fit_split": "holdout"}}, r"sae\.fit_split: dataset 'toy' \(task toy-colour\) has no"),
+    ({"sae": {"saes": {"big": {"kind": "topk", "k": 200, "expansion": 2}}}},
+     r"sae\.saes\.big\.k: k = 200 active latents, but the dictionary has \d+ \(2 x toy:clip-vit"),
+    ({"sae": {"saes": {"t": {"kind": "topk"}}}}, r"sae\.saes\.t: a topk SAE needs \['k'\]"),
+    ({"sae": {"saes": {"t": {"kind": "relu_l1", "l1": 0.1, "k": 4}}}},
+     r"sae\.saes\.t: \['k'\] do not apply to a relu_l1 SAE"),
 ]
 
 

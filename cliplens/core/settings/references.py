@@ -31,6 +31,7 @@ def _model_refs(s) -> Iterator[tuple[str, str]]:
     yield "inversion.operators.model", inv.operators.model
     yield from ((f"heads.models[{i}]", m) for i, m in enumerate(heads.models))
     yield from ((f"neurons.models[{i}]", m) for i, m in enumerate(s.neurons.models))
+    yield "sae.model", s.sae.model
 
 
 def model_problem(spec: str, toy_models) -> str | None:
@@ -183,6 +184,7 @@ def check_references(s) -> list[tuple[str, str]]:
                                  f"{list(layers)} x heads 0..{lay.heads - 1}"))
 
     out += _neuron_problems(s, bad_models)
+    out += _sae_problems(s, bad_models)
 
     # counts that contradict each other
     ts = hs.textspan
@@ -287,6 +289,36 @@ def _neuron_problems(s, bad_models) -> list[tuple[str, str]]:
             out.append(("neurons.components.top_k",
                         f"top {ns.components.top_k} images per unit, but the store holds "
                         f"{n} images of {ns.dataset}/{ns.split}"))
+    return out
+
+
+def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
+    """Study 002: tasks exist, each task's dataset has the fit split, and k fits the
+    dictionary (expansion x the model's embedding width, where known before loading)."""
+    from ..data.tasks import TASKS
+    from ..models.layout import planned_tower
+
+    sa, out, seen = s.sae, [], set()
+    for i, t in enumerate(sa.tasks):
+        if t not in TASKS:
+            out.append((f"sae.tasks[{i}]", f"unknown zero-shot task {t!r}; known: {sorted(TASKS)}"))
+            continue
+        splits = _splits_of(TASKS[t].dataset, s.toy)
+        if TASKS[t].dataset in seen:
+            continue
+        seen.add(TASKS[t].dataset)
+        if splits is not None and sa.fit_split not in splits:
+            out.append(("sae.fit_split", f"dataset {TASKS[t].dataset!r} (task {t}) has no split "
+                                         f"{sa.fit_split!r}; it has {sorted(splits)}"))
+    tower = None if sa.model in bad_models else planned_tower(sa.model, s.toy_models)
+    width = tower[1] if tower else None
+    if width:
+        for name, spec in sa.saes.items():
+            m = int(round(spec.expansion * width))
+            if spec.k is not None and spec.k > m:
+                out.append((f"sae.saes.{name}.k", f"k = {spec.k} active latents, but the "
+                                                  f"dictionary has {m} ({spec.expansion:g} x "
+                                                  f"{sa.model}'s width {width})"))
     return out
 
 
