@@ -52,6 +52,7 @@ include: "rules/zeroshot.smk"
 include: "rules/inversion.smk"
 include: "rules/heads.smk"
 include: "rules/neurons.smk"
+include: "rules/sae.smk"
 
 
 rule all:
@@ -61,3 +62,4 @@ rule all:
         inversion_outputs(),
         heads_outputs(),
         neurons_outputs(),
+        sae_outputs(),

@@ -66,6 +66,9 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert stats["neurons_segmentation"] == 1 and stats["neurons_shift"] == 2, stats
     assert "neurons/open_clip--RN50x16@openai/stanford-cars/train/all/store.h5" in text
     assert "neurons_evidence" not in stats, stats  # the toy world's factors only
+    # study 002: 4 SAEs on each of CIFAR-10 and Food-101 (train), scored on their test splits
+    assert stats["sae_train"] == 8 and stats["sae_evaluate"] == 8, stats
+    assert "cache/hf--openai--clip-vit-base-patch32/food101/train/embeddings.h5" in text
     assert elapsed < 60, elapsed
 
 
@@ -250,6 +253,13 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert [r["method"] for r in seg] == ["matched pairs", "all pairs", "centre prior"]
     assert not (res / "tables/neurons/toy--clip-vit-2/segmentation.csv").exists()
 
+    # Study 002: both SAEs scored on toy-colour, CLIP and CLIP+SAE side by side
+    sae = list(csv.DictReader((res / "tables/sae/toy--clip-vit/metrics.csv").open()))
+    assert [(r["sae"], r["task"]) for r in sae] == [("relu-l1", "toy-colour"),
+                                                    ("topk-4", "toy-colour")]
+    assert float(sae[1]["l0"]) <= 4 and all(0 <= float(r["accuracy_sae"]) <= 1 for r in sae)
+    assert is_png(res / "figures/sae/toy--clip-vit/metrics.png")
+
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
@@ -267,7 +277,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
                 "spurious.png", "effects.png", "segmentation.png", "shift.png", "evidence.png",
-                "retrieval"):
+                "retrieval", "metrics.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -275,7 +285,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     # Editing one value reruns exactly the jobs that depend on it (Snakemake's own dry run).
     edits = {
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
-                  {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
+                  {"train_toy_model": 1, "cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 2,
+                   "sae_train": 2, "sae_evaluate": 2, "sae_table": 1,
                    "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
                    "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
                    **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
@@ -283,8 +294,12 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "templates": ({"zeroshot": {"templates": {"toy-colour": ["a {} blob"]}}},
                       {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
         "dtype": ({"cache": {"dtype": "float16"}},
-                  {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
-                   "zeroshot_figure": 1, "all": 1}),
+                  {"cache_shard": 6, "cache_gather": 3, "zeroshot_eval": 4, "zeroshot_table": 1,
+                   "zeroshot_figure": 1, "sae_train": 2, "sae_evaluate": 2, "sae_table": 1,
+                   "all": 1}),
+        # one SAE's setting retrains that SAE alone
+        "sae k": ({"sae": {"saes": {"topk-4": {"k": 3}}}},
+                  {"sae_train": 1, "sae_evaluate": 1, "sae_table": 1, "all": 1}),
         # toy-shift feeds study 003's concept tracking only
         "shift dataset": ({"toy": {"shift": {"n_per_year": 31}}},
                           {"toy_world": 1, "neurons_store_shard": 2, "neurons_store_gather": 2,

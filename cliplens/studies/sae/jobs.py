@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from ...core.caches.rows import RowCache
 from ...core.io import atomic_path, library_versions, sha256_file, write_json_atomic
 from ...core.models.storage import DIGESTS, verify_digests
@@ -64,12 +66,16 @@ def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mappi
     ``checkpoint_every``, ``normalise`` (each embedding scaled to unit norm first, as
     published).  Checkpoints go to ``{out_dir}/last.pt`` (a killed job resumes to
     the same weights); the SAE to :func:`save_sae`.  Returns the metadata."""
+    from ...core.models.registry import resolve_device
+
+    device = str(resolve_device(device))
     cfg = dict(sae)
-    expansion = cfg.pop("expansion")
+    expansion = cfg.pop("expansion", 8)
     with RowCache(cache, "embeddings", {"model": spec}) as rc:
         arr = rc.array("embeddings")
         n, d = int(arr.shape[0]), int(arr.shape[1])
         block = rc.chunk_rows("embeddings")
+        torch.manual_seed(train["seed"])  # relu_l1 takes torch's default init from it
         model = build_sae({**cfg, "d": d, "m": int(round(expansion * d))})
         in_memory = n * d * 4 <= train["memory_mb"] * 2 ** 20
         rows = (MemoryRows(rc.load("embeddings").astype("float32")) if in_memory
@@ -135,3 +141,33 @@ def run_evaluate_sae(*, spec: str, load: Mapping[str, Any], sae_dir: str, task: 
              meta["settings"]["kind"], task, result["accuracy_clip"], result["accuracy_sae"],
              result["l0"], result["r2"], result["dead"])
     return result
+
+
+#: the published table's columns, then ours
+TABLE_COLUMNS = ["dataset", "model", "sae", "kind", "task", "accuracy_clip", "accuracy_sae",
+                 "dict_size", "l0", "mse", "l1", "r2", "dead", "dense", "chance", "n"]
+
+
+def run_sae_table(*, names: list[str], results: list[str], out_csv: str, out_png: str):
+    """Every evaluation (:func:`run_evaluate_sae`) as one row of the published table's columns
+    (dataset, model, accuracy, dict_size, L0, MSE, L1, R²) and ours (CLIP and CLIP+SAE
+    accuracy side by side, dead and dense shares, chance, images); the figure: L0 against R²
+    and against CLIP+SAE accuracy, one point per SAE and task.  ``names`` are the SAEs'
+    config names, in the order of ``results``."""
+    import pandas as pd
+
+    from ...core.data.tasks import get_task
+    from ...core.io import write_table
+    from .figures import plot_metrics
+
+    rows = []
+    for name, path in zip(names, results):
+        r = json.loads(Path(path).read_text())
+        rows.append({"dataset": get_task(r["task"]).dataset, "model": r["model"], "sae": name,
+                     "kind": r["sae"]["kind"], "task": r["task"],
+                     "accuracy_clip": r["accuracy_clip"], "accuracy_sae": r["accuracy_sae"],
+                     "dict_size": r["sae"]["m"], **{k: r[k] for k in TABLE_COLUMNS[8:]}})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    write_table(out_csv, table)
+    plot_metrics(table, out_png)
+    return table

@@ -1,0 +1,36 @@
+"""Study 002's figures (each draws a table written beside it)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ...core.figures import plt, save_figure
+
+
+def plot_metrics(table: pd.DataFrame, out_path) -> None:
+    """Left: L0 (active latents per sample) against explained variance R²; right: against
+    CLIP+SAE zero-shot accuracy, CLIP's own accuracy as a cross at the same L0.  One marker per
+    SAE (colour) and task (shape)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    markers = dict(zip(sorted(table["task"].unique()), "osD^v<>ph*"))
+    colours = dict(zip(table["sae"].unique(), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for _, r in table.iterrows():
+        c, m = colours[r["sae"]], markers[r["task"]]
+        left.scatter(r["l0"], r["r2"], color=c, marker=m)
+        right.scatter(r["l0"], 100 * r["accuracy_sae"], color=c, marker=m)
+        right.scatter(r["l0"], 100 * r["accuracy_clip"], color=c, marker="x", alpha=0.5)
+    for name, c in colours.items():
+        left.scatter([], [], color=c, label=name)
+    for task, m in markers.items():
+        left.scatter([], [], color="grey", marker=m, label=task)
+    right.scatter([], [], color="grey", marker="x", label="CLIP alone")
+    left.set_xlabel("L0 (active latents per sample)")
+    left.set_ylabel("explained variance R²")
+    right.set_xlabel("L0 (active latents per sample)")
+    right.set_ylabel("CLIP+SAE zero-shot accuracy (%)")
+    left.legend(fontsize=6, loc="lower right")
+    right.legend(fontsize=6, loc="lower right")
+    model = table["model"].iloc[0] if len(table) else ""
+    fig.suptitle(f"{model}: sparse autoencoders, sparsity against fidelity", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_path)
