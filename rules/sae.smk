@@ -5,6 +5,9 @@
 #   {R}/sae/{model}/{dataset}/{sae}/eval/{task}.json           its metrics and CLIP vs CLIP+SAE
 #       zero-shot accuracy on a task of that dataset
 #   {R}/tables/sae/{model}/metrics.csv, {R}/figures/sae/{model}/metrics.png   every SAE and task
+#   {R}/tables/sae/{model}/{dataset}/{sae}/features.{csv,json}, {R}/figures/sae/{model}/{dataset}/
+#       {sae}/{collages,histograms}.png   per feature on the fit split: firing rate, top images,
+#       purity against the toy factors
 
 
 include: "helpers/sae.smk"
@@ -79,3 +82,34 @@ rule sae_table:
         names=lambda w: [p.split("/")[-3] for p in sae_evaluations(w.model)],
     script:
         "../workflow_scripts/sae/sae_table.py"
+
+
+rule sae_features:
+    input:
+        sae=f"{R}/sae/{{model}}/{{dataset}}/{{sae}}/sae.json",
+        cache=lambda w: cache_path(w.model, w.dataset, SAE.fit_split),
+        data=lambda w: dataset_inputs(w.dataset, SAE.fit_split),
+    output:
+        csv=f"{R}/tables/sae/{{model}}/{{dataset}}/{{sae}}/features.csv",
+        json=f"{R}/tables/sae/{{model}}/{{dataset}}/{{sae}}/features.json",
+        collages=report(
+            f"{R}/figures/sae/{{model}}/{{dataset}}/{{sae}}/collages.png",
+            category="Study 002: sparse autoencoders",
+            caption="../report/sae/collages.rst",
+        ),
+        histograms=f"{R}/figures/sae/{{model}}/{{dataset}}/{{sae}}/histograms.png",
+    log:
+        f"{R}/logs/sae_features/{{model}}/{{dataset}}/{{sae}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec=lambda w: model_spec(w.model),
+        top=SAE.features.top,
+        show=SAE.features.show,
+        roots=data_roots,
+    script:
+        "../workflow_scripts/sae/sae_features.py"

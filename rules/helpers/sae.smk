@@ -33,7 +33,12 @@ def sae_evaluations(model):
 
 def sae_outputs():
     """Every output of study 002."""
-    return [
+    out = [
         f"{R}/tables/sae/{SAE_MODEL}/metrics.csv",
         f"{R}/figures/sae/{SAE_MODEL}/metrics.png",
     ]
+    for d in sae_datasets():
+        out += [
+            f"{R}/figures/sae/{SAE_MODEL}/{d}/{name}/collages.png" for name in SAE.saes
+        ]
+    return out

@@ -259,6 +259,9 @@ def test_tiny_config_runs_end_to_end(tmp_path):
                                                     ("topk-4", "toy-colour")]
     assert float(sae[1]["l0"]) <= 4 and all(0 <= float(r["accuracy_sae"]) <= 1 for r in sae)
     assert is_png(res / "figures/sae/toy--clip-vit/metrics.png")
+    feats = json.loads((res / "tables/sae/toy--clip-vit/toy/topk-4/features.json").read_text())
+    assert feats["images"] == 600 and feats["live"] + feats["dead"] <= 128
+    assert is_png(res / "figures/sae/toy--clip-vit/toy/topk-4/collages.png")
 
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
@@ -277,7 +280,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
                 "spurious.png", "effects.png", "segmentation.png", "shift.png", "evidence.png",
-                "retrieval", "metrics.png"):
+                "retrieval", "metrics.png", "collages.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -286,7 +289,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     edits = {
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
                   {"train_toy_model": 1, "cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 2,
-                   "sae_train": 2, "sae_evaluate": 2, "sae_table": 1,
+                   "sae_train": 2, "sae_evaluate": 2, "sae_features": 2, "sae_table": 1,
                    "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
                    "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
                    **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
@@ -295,11 +298,12 @@ def test_tiny_config_runs_end_to_end(tmp_path):
                       {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
         "dtype": ({"cache": {"dtype": "float16"}},
                   {"cache_shard": 6, "cache_gather": 3, "zeroshot_eval": 4, "zeroshot_table": 1,
-                   "zeroshot_figure": 1, "sae_train": 2, "sae_evaluate": 2, "sae_table": 1,
-                   "all": 1}),
+                   "zeroshot_figure": 1, "sae_train": 2, "sae_evaluate": 2, "sae_features": 2,
+                   "sae_table": 1, "all": 1}),
         # one SAE's setting retrains that SAE alone
         "sae k": ({"sae": {"saes": {"topk-4": {"k": 3}}}},
-                  {"sae_train": 1, "sae_evaluate": 1, "sae_table": 1, "all": 1}),
+                  {"sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
+                   "all": 1}),
         # toy-shift feeds study 003's concept tracking only
         "shift dataset": ({"toy": {"shift": {"n_per_year": 31}}},
                           {"toy_world": 1, "neurons_store_shard": 2, "neurons_store_gather": 2,

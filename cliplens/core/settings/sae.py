@@ -67,6 +67,13 @@ class SaeSpec(Section):
 
 
 @dataclass(frozen=True)
+class SaeFeatures(Section):
+    SCHEMA: ClassVar[str] = "sae.features"
+    top: int
+    show: int
+
+
+@dataclass(frozen=True)
 class SaeSettings(Section):
     SCHEMA: ClassVar[str] = "sae"
     model: str
@@ -74,3 +81,4 @@ class SaeSettings(Section):
     fit_split: str
     saes: Mapping[str, SaeSpec]
     train: SaeTrain
+    features: SaeFeatures

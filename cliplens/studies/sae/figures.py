@@ -34,3 +34,41 @@ def plot_metrics(table: pd.DataFrame, out_path) -> None:
     fig.suptitle(f"{model}: sparse autoencoders, sparsity against fidelity", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out_path)
+
+
+def plot_collages(images, titles, out_path, title: str) -> None:
+    """One 3 x 3 collage per feature (``images``: feature -> uint8 picture), four per row."""
+    import math
+
+    n = max(1, len(images))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (j, im) in zip(axes.ravel(), images.items()):
+        ax.imshow(im)
+        ax.set_title(titles[j], fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out_path)
+
+
+def plot_histograms(counts, edges, titles, features, out_path, title: str) -> None:
+    """Each feature's histogram of non-zero activations (counts [n, bins] on ``edges``)."""
+    import math
+
+    n = max(1, len(features))
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.8 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, j, c in zip(axes.ravel(), features, counts):
+        ax.axis("on")
+        ax.stairs(c, edges, fill=True)
+        ax.set_title(titles[j].split("\n")[0], fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out_path)

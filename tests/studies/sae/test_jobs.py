@@ -54,30 +54,37 @@ def test_a_changed_weights_file_and_another_models_cache_are_refused(cache, tmp_
                       train=TRAIN, out_dir=str(tmp_path / "d"), progress=False)
 
 
-def test_evaluation_scores_clip_and_clip_plus_sae_with_one_classifier(tiny_world, tmp_path):
+@pytest.fixture(scope="module")
+def toy_sae(tiny_world, tmp_path_factory):
+    """The tiny clip-vit's toy/train and toy/test caches and a TopK SAE trained on the first."""
+    from cliplens.core.jobs import run_cache_shard
+
+    out = tmp_path_factory.mktemp("toy_sae")
+    for split in ("train", "test"):
+        run_cache_shard(spec="toy:clip-vit", load=tiny_world.load, dataset="toy", split=split,
+                        shard=0, n_shards=1, batch_size=64, dtype="float32", normalize=False,
+                        roots=tiny_world.roots, out=str(out / f"{split}.h5"))
+    run_train_sae(spec="toy:clip-vit", cache=str(out / "train.h5"),
+                  sae={"kind": "topk", "expansion": 4, "k": 8},
+                  train={**TRAIN, "epochs": 4, "batch_size": 32}, out_dir=str(out / "sae"),
+                  progress=False)
+    return out
+
+
+def test_evaluation_scores_clip_and_clip_plus_sae_with_one_classifier(tiny_world, toy_sae):
     import numpy as np
 
-    from cliplens.core.jobs import run_cache_shard
+    from cliplens.core.caches.rows import RowCache
     from cliplens.core.models.registry import load_model
     from cliplens.core.text.zeroshot import task_classifier
     from cliplens.studies.sae.jobs import run_evaluate_sae
 
-    spec = "toy:clip-vit"
-    for split in ("train", "test"):
-        run_cache_shard(spec=spec, load=tiny_world.load, dataset="toy", split=split, shard=0,
-                        n_shards=1, batch_size=64, dtype="float32", normalize=False,
-                        roots=tiny_world.roots, out=str(tmp_path / f"{split}.h5"))
-    run_train_sae(spec=spec, cache=str(tmp_path / "train.h5"),
-                  sae={"kind": "topk", "expansion": 4, "k": 8},
-                  train={**TRAIN, "epochs": 4, "batch_size": 32}, out_dir=str(tmp_path / "sae"),
-                  progress=False)
+    spec, tmp_path = "toy:clip-vit", toy_sae
     res = run_evaluate_sae(spec=spec, load=tiny_world.load, sae_dir=str(tmp_path / "sae"),
                            task="toy-colour", cache=str(tmp_path / "test.h5"),
                            roots=tiny_world.roots, out=str(tmp_path / "eval.json"))
     W, ds, _ = task_classifier(load_model(spec, **tiny_world.load), "toy-colour",
                                tiny_world.roots)
-    from cliplens.core.caches.rows import RowCache
-
     with RowCache(tmp_path / "test.h5", "embeddings") as rc:
         x = rc.load("embeddings").astype(np.float64)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -93,3 +100,42 @@ def test_evaluation_scores_clip_and_clip_plus_sae_with_one_classifier(tiny_world
         run_evaluate_sae(spec=spec, load=tiny_world.load, sae_dir=str(tmp_path / "sae"),
                          task="toy-shape", cache=str(tmp_path / "train.h5"),
                          roots=tiny_world.roots, out=str(tmp_path / "x.json"))
+
+
+def test_features_rank_images_and_measure_purity_against_the_factors(tiny_world, toy_sae):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from cliplens.core.caches.rows import RowCache
+    from cliplens.core.data.registry import open_dataset
+    from cliplens.core.toy.world import FACTORS
+    from cliplens.studies.sae.jobs import run_sae_features
+
+    out = toy_sae
+    summary = run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"),
+                               cache=str(out / "train.h5"), roots=tiny_world.roots, top=5,
+                               show=4, out_csv=str(out / "f.csv"), out_json=str(out / "f.json"),
+                               out_collages=str(out / "c.png"), out_histograms=str(out / "h.png"))
+    t = pd.read_csv(out / "f.csv", keep_default_na=False)
+    sae, _ = load_sae(out / "sae")
+    with RowCache(out / "train.h5", "embeddings") as rc:
+        x = rc.load("embeddings").astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with torch.no_grad():
+        z = sae.encode(torch.as_tensor(x)).numpy()
+    assert len(t) == sae.m and summary["images"] == len(x) == 240
+    np.testing.assert_allclose(t["firing_rate"], (z > 0).mean(0))
+    labels = open_dataset("toy", "train", **tiny_world.roots).factor_labels
+    live = t[t["live"].astype(str) == "True"]
+    assert len(live) == summary["live"] > 0
+    for _, r in live.head(5).iterrows():
+        j = int(r["feature"])
+        want = np.lexsort((np.arange(len(z)), -z[:, j]))[:5]
+        assert [int(v) for v in r["top_rows"].split(";")] == list(want)
+        best = max(np.unique(np.asarray(labels[f])[want], return_counts=True)[1].max() / 5
+                   for f in FACTORS)
+        assert float(r["purity"]) == pytest.approx(best)
+    assert json.loads((out / "f.json").read_text())["chance_median"] <= 1
+    assert (out / "c.png").read_bytes()[:4] == (out / "h.png").read_bytes()[:4] == b"\x89PNG"
