@@ -2,7 +2,7 @@
 
 from cliplens.core.jobs import model_load
 from cliplens.core.runlog import job_log
-from cliplens.studies.neurons.jobs import run_segmentation
+from cliplens.studies.neurons.responses import run_segmentation
 
 with job_log(snakemake.log[0], threads=snakemake.threads):
     run_segmentation(**snakemake.params, load=model_load(snakemake.config),

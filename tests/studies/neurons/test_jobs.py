@@ -11,7 +11,7 @@ from cliplens.core.caches.rows import RowCache
 from cliplens.core.io import ProvenanceError
 from cliplens.core.jobs import run_gather, run_texts, run_train_toy_model
 from cliplens.core.models.registry import load_model
-from cliplens.studies.neurons import jobs
+from cliplens.studies.neurons import jobs, responses
 from cliplens.studies.neurons.components import components_dense
 from cliplens.studies.neurons.pairs import decompose_pairs, pair_directions
 
@@ -246,7 +246,7 @@ def test_retrieval_shows_the_top_images_of_each_row(study, tiny_world):
     for spec in MODELS:
         p = paths[spec]
         pngs = [str(out / f"{p['slug']}.retrieval.{i}.png") for i in (1, 2)]
-        table = jobs.run_retrieval(
+        table = responses.run_retrieval(
             spec=spec, load=tiny_world.load, cfg={"auto": 2, "images": 3, "pairs": 2},
             roots=tiny_world.roots, store=p["store"], components_path=p["comp"],
             sparse_json=str(out / f"{p['slug']}.json"), out_csv=str(out / "r.csv"), out_pngs=pngs)
@@ -277,7 +277,7 @@ def test_retrieval_shows_the_top_images_of_each_row(study, tiny_world):
             if prov["units"] == "pairs":
                 assert len(rows["row"].unique()) == 3          # the neuron and its 2 strongest pairs
     with pytest.raises(ValueError, match="do not exist"):
-        jobs.run_retrieval(spec="toy:clip-rn", load=tiny_world.load,
+        responses.run_retrieval(spec="toy:clip-rn", load=tiny_world.load,
                            cfg={"neurons": [10 ** 6]}, roots=tiny_world.roots,
                            store=paths["toy:clip-rn"]["store"],
                            components_path=paths["toy:clip-rn"]["comp"],
@@ -290,7 +290,7 @@ def test_segmentation_from_pairs_scores_maps_and_refuses_vits(study, tiny_world)
 
     out, paths = study
     p = paths["toy:clip-rn"]
-    table = jobs.run_segmentation(
+    table = responses.run_segmentation(
         spec="toy:clip-rn", load=tiny_world.load,
         cfg={"task": "toy-colour", "images": 12, "pairs_per_class": 3, "batch_size": 5,
              "show": 2}, roots=tiny_world.roots, components_path=p["comp"],
@@ -308,7 +308,7 @@ def test_segmentation_from_pairs_scores_maps_and_refuses_vits(study, tiny_world)
     from tests.fake_data import pascal_context
 
     pascal_context(tiny_world.results.parent, ["a", "b", "c"], np.random.default_rng(0))
-    t = jobs.run_segmentation(
+    t = responses.run_segmentation(
         spec="toy:clip-rn", load=tiny_world.load,
         cfg={"task": "pascal-context", "images": None, "pairs_per_class": 3, "show": 2},
         roots=tiny_world.roots, components_path=p["comp"], out_csv=str(out / "pc.csv"),
@@ -317,7 +317,7 @@ def test_segmentation_from_pairs_scores_maps_and_refuses_vits(study, tiny_world)
     assert t["miou"].between(0, 1).all() and (t["classes"] <= 59).all()
     assert (out / "pc.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="needs a CLIP ResNet"):
-        jobs.run_segmentation(spec="toy:clip-vit-2", load=tiny_world.load, cfg={"images": 4},
+        responses.run_segmentation(spec="toy:clip-vit-2", load=tiny_world.load, cfg={"images": 4},
                               roots=tiny_world.roots,
                               components_path=paths["toy:clip-vit-2"]["comp"],
                               out_csv=str(out / "s2.csv"), out_png=str(out / "s2.png"))
@@ -355,7 +355,7 @@ def test_concept_tracking_per_year_against_the_true_share(study, shift_stores, t
     cfg = {"concept": ["yellow", "golden", "lemon", "red", "a"], "texts": 4}
     for spec in MODELS:
         p = paths[spec]
-        t = jobs.run_shift(spec=spec, load=tiny_world.load, cfg=cfg, roots=tiny_world.roots,
+        t = responses.run_shift(spec=spec, load=tiny_world.load, cfg=cfg, roots=tiny_world.roots,
                            store=shift_stores[spec], components_path=p["comp"],
                            sparse_json=str(out / f"{p['slug']}.json"),
                            years=list(S.toy.shift.years), out_csv=str(out / "shift.csv"),
@@ -368,7 +368,7 @@ def test_concept_tracking_per_year_against_the_true_share(study, shift_stores, t
         r = np.corrcoef(t["true_share"], t["activation"])[0, 1]
         assert t["r_truth"].iloc[0] == pytest.approx(r)
         assert t["r_truth_low"].iloc[0] <= r <= t["r_truth_high"].iloc[0]
-    t = jobs.run_shift(spec="toy:clip-rn", load=tiny_world.load, cfg={"concept": ["zzz"]},
+    t = responses.run_shift(spec="toy:clip-rn", load=tiny_world.load, cfg={"concept": ["zzz"]},
                        roots=tiny_world.roots, store=shift_stores["toy:clip-rn"],
                        components_path=paths["toy:clip-rn"]["comp"],
                        sparse_json=str(out / "toy--clip-rn.json"), years=None,
@@ -381,7 +381,7 @@ def test_evidence_counts_agreement_against_chance(study, tiny_world):
     out, paths = study
     for spec in MODELS:
         p = paths[spec]
-        summary = jobs.run_evidence(spec=spec, load=tiny_world.load, cfg={"texts": 3},
+        summary = responses.run_evidence(spec=spec, load=tiny_world.load, cfg={"texts": 3},
                                     roots=tiny_world.roots, store=p["store"],
                                     components_path=p["comp"],
                                     sparse_json=str(out / f"{p['slug']}.json"),
@@ -406,10 +406,10 @@ def test_years_come_from_toy_labels_or_the_model_year_of_a_class_name():
 
     cars = SimpleNamespace(name="stanford-cars", split="train", labels=np.array([1, 0, 1]),
                            classnames=["AM General Hummer SUV 2000", "Acura RL Sedan 2012"])
-    years, what = jobs._years(cars, None)
+    years, what = responses._years(cars, None)
     assert years.tolist() == [2012, 2000, 2012] and what == "model year"
     toy = SimpleNamespace(factor_labels={"year": np.array([0, 2, 1])})
-    assert jobs._years(toy, [2000, 2001, 2002])[0].tolist() == [2000, 2002, 2001]
+    assert responses._years(toy, [2000, 2001, 2002])[0].tolist() == [2000, 2002, 2001]
     pets = SimpleNamespace(name="pets", split="test", labels=np.array([0]), classnames=["pug"])
     with pytest.raises(ValueError, match="has no years"):
-        jobs._years(pets, None)
+        responses._years(pets, None)
