@@ -36,16 +36,23 @@ def plot_metrics(table: pd.DataFrame, out_path) -> None:
     save_figure(fig, out_path)
 
 
-def plot_collages(images, titles, out_path, title: str) -> None:
-    """One 3 x 3 collage per feature (``images``: feature -> uint8 picture), four per row."""
+def _panels(n: int, height: float):
+    """A figure of ``n`` panels, four per row, every axis off until drawn on."""
     import math
 
-    n = max(1, len(images))
+    n = max(1, n)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, height * rows + 0.4),
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    return fig, axes
+
+
+def plot_collages(images, titles, out_path, title: str) -> None:
+    """One 3 x 3 collage per feature (``images``: feature -> uint8 picture), four per row."""
+    fig, axes = _panels(len(images), 2.6)
     for ax, (j, im) in zip(axes.ravel(), images.items()):
         ax.imshow(im)
         ax.set_title(titles[j], fontsize=7)
@@ -56,14 +63,7 @@ def plot_collages(images, titles, out_path, title: str) -> None:
 
 def plot_histograms(counts, edges, titles, features, out_path, title: str) -> None:
     """Each feature's histogram of non-zero activations (counts [n, bins] on ``edges``)."""
-    import math
-
-    n = max(1, len(features))
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.8 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _panels(len(features), 1.8)
     for ax, j, c in zip(axes.ravel(), features, counts):
         ax.axis("on")
         ax.stairs(c, edges, fill=True)

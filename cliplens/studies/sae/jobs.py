@@ -44,13 +44,17 @@ def save_sae(sae: SAE, meta: Mapping[str, Any], out_dir: str | os.PathLike) -> N
                                                 out_dir / WEIGHTS_FILE)}})
 
 
-def load_sae(out_dir: str | os.PathLike, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:
+def load_sae(out_dir: str | os.PathLike, device: str = "cpu", spec: str | None = None
+             ) -> tuple[SAE, dict[str, Any]]:
     """(SAE in eval mode, its metadata); weights whose SHA-256 differs from the recorded one
-    raise :class:`~cliplens.core.io.CorruptFileError`."""
+    raise :class:`~cliplens.core.io.CorruptFileError`, and an SAE of another model than
+    ``spec`` (when given) a ValueError."""
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / META_FILE).read_text())
+    if spec is not None and meta.get("model") != spec:
+        raise ValueError(f"{out_dir} holds an SAE of {meta.get('model')!r}, not {spec!r}")
     verify_digests(out_dir, meta.get(DIGESTS, {}), what="SAE")
     sae = build_sae(meta["settings"])
     sae.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
@@ -103,6 +107,19 @@ def run_train_sae(*, spec: str, cache: str, sae: Mapping[str, Any], train: Mappi
     return meta
 
 
+def sae_inputs(cache: str, expected: Mapping[str, Any], meta: Mapping[str, Any]
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the embeddings of ``cache`` as the SAE of ``meta`` saw them -- float32, unit norm when
+    it trained on unit-norm rows -- [N, d], the cache's provenance); refused unless the cache
+    matches ``expected``."""
+    with RowCache(cache, "embeddings", expected) as rc:
+        x = rc.load("embeddings").astype(np.float32)
+        prov = rc.provenance
+    if meta["train"].get("normalise", True):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x, prov
+
+
 def run_evaluate_sae(*, spec: str, load: Mapping[str, Any], sae_dir: str, task: str,
                      cache: str, roots: Mapping[str, str], out: str) -> dict[str, Any]:
     """The SAE of ``sae_dir`` on zero-shot task ``task`` from the embeddings ``cache`` of the
@@ -117,16 +134,10 @@ def run_evaluate_sae(*, spec: str, load: Mapping[str, Any], sae_dir: str, task: 
     from ...core.text.zeroshot import argmax_accuracy, task_classifier
     from .metrics import reconstructed, sae_metrics
 
-    sae, meta = load_sae(sae_dir)
-    if meta.get("model") != spec:
-        raise ValueError(f"{sae_dir} holds an SAE of {meta.get('model')!r}, not {spec!r}")
+    sae, meta = load_sae(sae_dir, spec=spec)
     t = get_task(task)
-    with RowCache(cache, "embeddings", {"model": spec, "dataset": t.dataset,
-                                         "split": t.split}) as rc:
-        x = rc.load("embeddings").astype(np.float32)
-        start = int(rc.provenance.get("start", 0))
-    if meta["train"].get("normalise", True):
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x, prov = sae_inputs(cache, {"model": spec, "dataset": t.dataset, "split": t.split}, meta)
+    start = int(prov.get("start", 0))
     W, ds, _ = task_classifier(load_model(spec, **load), task, roots)
     labels = np.asarray(ds.labels)[start:start + len(x)]
     block = 4096
@@ -217,20 +228,17 @@ def run_sae_features(*, spec: str, sae_dir: str, cache: str, roots: Mapping[str,
     from .features import activation_histograms, collage, top_activations
     from .figures import plot_collages, plot_histograms
 
-    sae, meta = load_sae(sae_dir)
-    if meta.get("model") != spec:
-        raise ValueError(f"{sae_dir} holds an SAE of {meta.get('model')!r}, not {spec!r}")
-    with RowCache(cache, "embeddings", {"model": spec}) as rc:
-        x = rc.load("embeddings").astype(np.float32)
-        prov = rc.provenance
-    if meta["train"].get("normalise", True):
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    vals, rows = top_activations(_latent_blocks(sae, x), top)
+    sae, meta = load_sae(sae_dir, spec=spec)
+    x, prov = sae_inputs(cache, {"model": spec}, meta)
     fired = np.zeros(sae.m)
-    zmax = 0.0
-    for _, z in _latent_blocks(sae, x):
-        fired += (z > 0).sum(0)
-        zmax = max(zmax, float(z.max()))
+
+    def counted():  # the first pass also counts each feature's firing
+        for a, z in _latent_blocks(sae, x):
+            fired[:] += (z > 0).sum(0)
+            yield a, z
+
+    vals, rows = top_activations(counted(), top)
+    zmax = float(vals[:, 0].max())  # the largest activation of any feature
     rate = fired / len(x)
     live = fired >= top
     data = open_dataset(prov["dataset"], prov["split"], **roots)
