@@ -216,7 +216,8 @@ def _text_count(sources, n_words: int) -> int | None:
         elif arg in _BUILTIN_SIZES:
             count += _BUILTIN_SIZES[arg]
         else:
-            seen.update(toy_words() if arg == "toy-words" else toy_descriptions())
+            seen.update(toy_words() if arg == "toy-words"
+                        else toy_descriptions("ru" if arg.endswith("-ru") else "en"))
     return count + len(seen)
 
 

@@ -11,6 +11,7 @@ A text set is a list of strings.  Sources (``load_text_set``):
   (canonical names and synonyms: ``crimson``, ``disc``, ``at the left side`` ...);
 * ``builtin:toy-descriptions`` — short descriptions naming one or two factors
   (``a red object``, ``a circle on the left``, ``a small shape on a dark background`` ...);
+* ``builtin:toy-descriptions-ru`` — the same descriptions in Russian, item for item;
 * ``builtin:imagenet-classes`` — the 1,000 ImageNet class names open_clip ships;
 * ``builtin:pascal-context`` — the 59 PASCAL Context classes of its segmentation benchmark.
 
@@ -26,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-BUILTIN = ("clip-words", "imagenet-classes", "pascal-context", "toy-words", "toy-descriptions")
+BUILTIN = ("clip-words", "imagenet-classes", "pascal-context", "toy-words", "toy-descriptions",
+           "toy-descriptions-ru")
 
 #: the 59 classes of PASCAL Context's segmentation benchmark (Mottaghi et al., 2014)
 PASCAL_CONTEXT_59 = (
@@ -69,23 +71,42 @@ def toy_words() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def toy_descriptions() -> list[str]:
-    """Descriptions naming one factor (``a red object``, ``a circle``, ``an object on the
-    left``, ``a small object``, ``an object on a dark background``) or a pair of factors
-    (``a red circle``, ``a circle on the left``, ``a small red object`` ...), canonical names."""
+def description_values() -> list[dict[str, str]]:
+    """The factor values each toy description names (canonical value names), in order: one
+    factor (each colour, shape, position, size, background), then the pairs colour x shape,
+    shape x position, size x colour and shape x background."""
+    from ..toy.world import FACTORS
+
+    pairs = (("colour", "shape"), ("shape", "position"), ("size", "colour"),
+             ("shape", "background"))
+    out = [{f: v} for f in ("colour", "shape", "position", "size", "background")
+           for v in FACTORS[f]]
+    for a, b in pairs:
+        out += [{a: u, b: v} for u, v in itertools.product(FACTORS[a], FACTORS[b])]
+    return out
+
+
+def _describe_en(values: dict[str, str]) -> str:
     from ..toy.world import PHRASES
 
-    canon = {f: [v[0] for v in PHRASES[f].values()] for f in PHRASES}
-    out = [f"a {c} object" for c in canon["colour"]]
-    out += [f"a {s}" for s in canon["shape"]]
-    out += [f"an object {p}" for p in canon["position"]]
-    out += [f"a {z} object" for z in canon["size"]]
-    out += [f"an object {b}" for b in canon["background"]]
-    out += [f"a {c} {s}" for c, s in itertools.product(canon["colour"], canon["shape"])]
-    out += [f"a {s} {p}" for s, p in itertools.product(canon["shape"], canon["position"])]
-    out += [f"a {z} {c} object" for z, c in itertools.product(canon["size"], canon["colour"])]
-    out += [f"a {s} {b}" for s, b in itertools.product(canon["shape"], canon["background"])]
-    return list(dict.fromkeys(out))
+    name = {f: PHRASES[f][v][0] for f, v in values.items()}
+    noun = name.get("shape", "object")
+    adjectives = [name[f] for f in ("size", "colour") if f in name]
+    words = [*adjectives, noun, *[name[f] for f in ("position", "background") if f in name]]
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return " ".join([article, *words])
+
+
+def toy_descriptions(language: str = "en") -> list[str]:
+    """Descriptions naming one factor (``a red object``, ``a circle``, ``an object on the
+    left``, ``a small object``, ``an object on a dark background``) or a pair of factors
+    (``a red circle``, ``a circle on the left``, ``a small red object`` ...), canonical names;
+    ``language="ru"`` gives the parallel Russian texts (``красный объект``, ``красный круг``,
+    ``круг слева`` ...; :mod:`cliplens.core.toy.russian`), item for item."""
+    from ..toy.russian import describe_ru
+
+    render = {"en": _describe_en, "ru": describe_ru}[language]
+    return [render(v) for v in description_values()]
 
 
 def text_factors(text: str) -> set[str]:
@@ -135,6 +156,8 @@ def load_text_set(source: str, n_words: int | None = 5000) -> list[str]:
             return toy_words()
         if arg == "toy-descriptions":
             return toy_descriptions()
+        if arg == "toy-descriptions-ru":
+            return toy_descriptions("ru")
     raise ValueError(f"unknown text set {source!r}: use file:PATH or builtin:NAME with NAME in "
                      f"{BUILTIN}")
 

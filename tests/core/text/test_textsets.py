@@ -30,6 +30,31 @@ def test_toy_text_sets_name_every_factor_value():
     desc = textsets.toy_descriptions()
     assert "a red object" in desc and "a circle on the left" in desc and "a red circle" in desc
     assert len(desc) == len(set(desc))
+    assert "an orange object" in desc
+
+
+def test_russian_descriptions_are_parallel_and_name_the_same_values():
+    from cliplens.core.toy.russian import names_value
+    from cliplens.core.toy.world import FACTORS
+
+    en, ru = textsets.toy_descriptions(), textsets.load_text_set("builtin:toy-descriptions-ru")
+    values = textsets.description_values()
+    assert len(en) == len(ru) == len(values) and len(set(ru)) == len(ru)
+    assert ru[en.index("a red circle")] == "красный круг"
+    assert ru[en.index("a small red object")] == "маленький красный объект"
+    assert ru[en.index("a purple star")] == "фиолетовая звезда"  # feminine agreement
+    assert ru[en.index("a ring on a light background")] == "кольцо на светлом фоне"
+    for e, r, v in zip(en, ru, values):
+        for factor, names in FACTORS.items():
+            for name in names:  # each text names exactly the values it was built from
+                want = v.get(factor) == name
+                assert names_value(e, factor, name, "en") == want, (e, factor, name)
+                assert names_value(r, factor, name, "ru") == want, (r, factor, name)
+    assert names_value("Тёмный фон, на нём жёлтые звёзды", "colour", "yellow", "ru")
+    assert names_value("a crimson disc", "colour", "red", "en")
+    assert not names_value("a redwood", "colour", "red", "en")
+    with pytest.raises(ValueError, match="language"):
+        names_value("rot", "colour", "red", "de")
 
 
 def test_text_files_and_bad_sources(tmp_path):
