@@ -7,7 +7,12 @@
 #   {R}/tables/sae/{model}/metrics.csv, {R}/figures/sae/{model}/metrics.png   every SAE and task
 #   {R}/tables/sae/{model}/{dataset}/{sae}/features.{csv,json}, {R}/figures/sae/{model}/{dataset}/
 #       {sae}/{collages,histograms}.png   per feature on the fit split: firing rate, top images,
-#       purity against the toy factors
+#       purity against the toy factors; {R}/reports/sae/{model}/{dataset}/{sae}/collages/{j}.png
+#       the collage of each feature described
+#   {R}/tables/sae/{model}/{dataset}/{sae}/interpretations.{csv,json}   each described feature
+#       in words (sae.interpret: offline baseline or an endpoint; a journal beside the SAE keeps
+#       every answer) with cleaning, flags and detection AUC
+#   {R}/reports/sae/index.html                             everything above on one static page
 
 
 include: "helpers/sae.smk"
@@ -98,6 +103,7 @@ rule sae_features:
             caption="../report/sae/collages.rst",
         ),
         histograms=f"{R}/figures/sae/{{model}}/{{dataset}}/{{sae}}/histograms.png",
+        describe=directory(f"{R}/reports/sae/{{model}}/{{dataset}}/{{sae}}/collages"),
     log:
         f"{R}/logs/sae_features/{{model}}/{{dataset}}/{{sae}}.log",
     conda:
@@ -110,6 +116,51 @@ rule sae_features:
         spec=lambda w: model_spec(w.model),
         top=SAE.features.top,
         show=SAE.features.show,
+        describe=SAE.features.describe,
         roots=data_roots,
     script:
         "../workflow_scripts/sae/sae_features.py"
+
+
+rule sae_interpret:
+    input:
+        sae=f"{R}/sae/{{model}}/{{dataset}}/{{sae}}/sae.json",
+        cache=lambda w: cache_path(w.model, w.dataset, SAE.fit_split),
+        features=f"{R}/tables/sae/{{model}}/{{dataset}}/{{sae}}/features.csv",
+        collages=f"{R}/reports/sae/{{model}}/{{dataset}}/{{sae}}/collages",
+        model=lambda w: model_inputs(w.model),
+    output:
+        csv=f"{R}/tables/sae/{{model}}/{{dataset}}/{{sae}}/interpretations.csv",
+        json=f"{R}/tables/sae/{{model}}/{{dataset}}/{{sae}}/interpretations.json",
+    log:
+        f"{R}/logs/sae_interpret/{{model}}/{{dataset}}/{{sae}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        spec=lambda w: model_spec(w.model),
+        interpret=SAE.interpret.to_dict(),
+    script:
+        "../workflow_scripts/sae/sae_interpret.py"
+
+
+rule sae_report:
+    input:
+        unpack(sae_report_inputs),
+    output:
+        f"{R}/reports/sae/index.html",
+    log:
+        f"{R}/logs/sae_report.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        saes=sae_report_items(),
+    script:
+        "../workflow_scripts/sae/sae_report.py"

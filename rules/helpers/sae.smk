@@ -31,11 +31,42 @@ def sae_evaluations(model):
     return out
 
 
+def sae_report_items():
+    """Each SAE of the report: name, model, dataset and its part 2 files."""
+    out = []
+    for d in sae_datasets():
+        for name in SAE.saes:
+            t = f"{R}/tables/sae/{SAE_MODEL}/{d}/{name}"
+            out.append(
+                {
+                    "name": name,
+                    "model": SAE.model,
+                    "dataset": d,
+                    "interpretations": f"{t}/interpretations.csv",
+                    "summary": f"{t}/interpretations.json",
+                    "collages": f"{R}/reports/sae/{SAE_MODEL}/{d}/{name}/collages",
+                }
+            )
+    return out
+
+
+def sae_report_inputs(wildcards):
+    """The metrics table and every SAE's descriptions and collages."""
+    items = sae_report_items()
+    return {
+        "metrics": [f"{R}/tables/sae/{SAE_MODEL}/metrics.csv"],
+        "interpretations": [i["interpretations"] for i in items],
+        "summaries": [i["summary"] for i in items],
+        "collages": [i["collages"] for i in items],
+    }
+
+
 def sae_outputs():
     """Every output of study 002."""
     out = [
         f"{R}/tables/sae/{SAE_MODEL}/metrics.csv",
         f"{R}/figures/sae/{SAE_MODEL}/metrics.png",
+        f"{R}/reports/sae/index.html",
     ]
     for d in sae_datasets():
         out += [

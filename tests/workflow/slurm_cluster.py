@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..debian import Unavailable, ensure_debian, which
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo",
             "scontrol", "scancel")
@@ -53,58 +55,20 @@ FAKE_GPU_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/
 PARTITION = "debug"
 
 
-class SlurmUnavailable(RuntimeError):
+class SlurmUnavailable(Unavailable):
     """SLURM cannot be installed or started here; the message says why (a test skips on it)."""
 
 
-def _which(name: str) -> str | None:
-    """``shutil.which`` that also looks in the sbin directories (not on every PATH)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
-        p = Path(d) / name
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    return None
-
-
-def _missing_binaries() -> list[str]:
-    return [b for b in BINARIES if _which(b) is None]
+_which = which
 
 
 def ensure_packages(timeout: float = 900) -> None:
-    """Install SLURM and munge with apt-get if any of their programs is missing.
-
-    Raises SlurmUnavailable when they are missing and cannot be installed (not root, no apt-get,
-    apt-get failed).  Runs ``apt-get update`` only when a plain install fails (empty lists).
-    """
-    missing = _missing_binaries()
-    if not missing:
-        return
-    wanted = "apt-get install -y " + " ".join(PACKAGES)
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(f"SLURM is not installed ({', '.join(missing)} missing) and we are "
-                               f"not root to install it; run `{wanted}` as root")
-    if shutil.which("apt-get") is None:
-        raise SlurmUnavailable(f"SLURM is not installed ({', '.join(missing)} missing) and there "
-                               f"is no apt-get; install {' '.join(PACKAGES)} by hand")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-
-    def run(cmd: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
-
-    out = run(install)
-    if out.returncode != 0:
-        run(["apt-get", "update", "-q"])
-        out = run(install)
-    if out.returncode != 0:
-        raise SlurmUnavailable(f"`{' '.join(install)}` failed:\n{(out.stdout + out.stderr)[-2000:]}")
-    missing = _missing_binaries()
-    if missing:
-        raise SlurmUnavailable(f"installed {' '.join(PACKAGES)} but {', '.join(missing)} missing")
+    """Install SLURM and munge with apt-get if any of their programs is missing; raises
+    SlurmUnavailable when they are missing and cannot be installed."""
+    try:
+        ensure_debian(PACKAGES, BINARIES, "SLURM", timeout)
+    except Unavailable as e:
+        raise SlurmUnavailable(str(e)) from None
 
 
 def _free_port() -> int:

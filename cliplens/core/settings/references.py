@@ -294,8 +294,9 @@ def _neuron_problems(s, bad_models) -> list[tuple[str, str]]:
 
 
 def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
-    """Study 002: tasks exist, each task's dataset has the fit split, and k fits the
-    dictionary (expansion x the model's embedding width, where known before loading)."""
+    """Study 002: tasks exist, each task's dataset has the fit split, k fits the dictionary
+    (expansion x the model's embedding width, where known before loading), and the baseline
+    interpreter's text sets are the same size in every language."""
     from ..data.tasks import TASKS
     from ..models.layout import planned_tower
 
@@ -320,6 +321,13 @@ def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
                 out.append((f"sae.saes.{name}.k", f"k = {spec.k} active latents, but the "
                                                   f"dictionary has {m} ({spec.expansion:g} x "
                                                   f"{sa.model}'s width {width})"))
+    it = sa.interpret
+    if it.interpreter == "baseline" and len(it.languages) > 1:
+        sizes = {lang: _text_count([it.text_sets[lang]], 5000) for lang in it.languages}
+        if None not in sizes.values() and len(set(sizes.values())) > 1:
+            out.append(("sae.interpret.text_sets", f"the baseline's text sets must be item for "
+                                                   f"item translations; their sizes differ: "
+                                                   f"{sizes}"))
     return out
 
 

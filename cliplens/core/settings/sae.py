@@ -71,6 +71,40 @@ class SaeFeatures(Section):
     SCHEMA: ClassVar[str] = "sae.features"
     top: int
     show: int
+    describe: int
+
+
+@dataclass(frozen=True)
+class SaeEndpoint(Section):
+    SCHEMA: ClassVar[str] = "sae.interpret.endpoint"
+    base_url: str | None
+    model: str | None
+    key_env: str
+    concurrency: int
+    timeout: float
+    retries: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class SaeInterpret(Section):
+    SCHEMA: ClassVar[str] = "sae.interpret"
+    interpreter: str
+    languages: tuple[str, ...]
+    prompts: Mapping[str, str]
+    text_sets: Mapping[str, str]
+    endpoint: SaeEndpoint
+    max_chars: int
+    random_images: int
+
+    def check(self, where: str) -> None:
+        """An endpoint interpreter needs the endpoint's base_url and model."""
+        super().check(where)
+        if self.interpreter == "endpoint":
+            missing = [k for k in ("base_url", "model") if not getattr(self.endpoint, k)]
+            if missing:
+                raise ConfigError("invalid config:\n" + "\n".join(
+                    f"  {where}.endpoint.{k}: needed by interpreter: endpoint" for k in missing))
 
 
 @dataclass(frozen=True)
@@ -82,3 +116,4 @@ class SaeSettings(Section):
     saes: Mapping[str, SaeSpec]
     train: SaeTrain
     features: SaeFeatures
+    interpret: SaeInterpret

@@ -210,13 +210,32 @@ def feature_purity(rows, labels, live) -> tuple[np.ndarray, list[str]]:
     return purity, which
 
 
+def most_frequent(rate: np.ndarray, live: np.ndarray, n: int) -> list[int]:
+    """The ``n`` live features that fire most often, most frequent first (ties by index)."""
+    order = np.argsort(-np.where(live, rate, -1), kind="stable")[:n]
+    return [int(j) for j in order if live[j]]
+
+
+def _write_collages(images: Mapping[int, np.ndarray], out_dir: str) -> None:
+    """Each collage [H, W, 3] uint8 as ``{out_dir}/{feature}.png``, written atomically."""
+    from PIL import Image
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for j, im in images.items():
+        with atomic_path(Path(out_dir) / f"{j}.png") as tmp:
+            Image.fromarray(np.asarray(im, dtype=np.uint8)).save(tmp, format="PNG")
+
+
 def run_sae_features(*, spec: str, sae_dir: str, cache: str, roots: Mapping[str, str],
                      top: int, show: int, out_csv: str, out_json: str, out_collages: str,
-                     out_histograms: str) -> dict[str, Any]:
+                     out_histograms: str, describe: int = 0,
+                     out_collage_dir: str | None = None) -> dict[str, Any]:
     """Per feature of the SAE, over the embeddings ``cache`` (normalised as the SAE saw them):
     its firing rate, its ``top`` images (rows of the cache's split) with their activations, a
     3 x 3 collage and a histogram of its non-zero activations, drawn for the ``show`` features
-    that fire most often among those firing on at least ``top`` images.  On a toy dataset,
+    that fire most often among those firing on at least ``top`` images, and for the ``describe``
+    most frequent (study 002 part 2) one ``{j}.png`` collage each in ``out_collage_dir``.  On a
+    toy dataset,
     each feature's purity (:func:`feature_purity`) beside the purity of ``top`` random images
     (the same statistic over 1,000 random draws), summarised in ``out_json``."""
     import numpy as np
@@ -271,16 +290,18 @@ def run_sae_features(*, spec: str, sae_dir: str, cache: str, roots: Mapping[str,
                         "chance_share_pure": float((chance >= 0.9).mean())})
     write_table(out_csv, table)
     write_json_atomic(out_json, summary)
-    shown = [int(j) for j in np.argsort(-np.where(live, rate, -1), kind="stable")[:show]
-             if live[j]]
+    shown = most_frequent(rate, live, show)
+    described = most_frequent(rate, live, describe) if out_collage_dir else []
     images = {j: collage([np.asarray(data.image(int(r) + start).convert("RGB").resize((64, 64)))
-                          for r in rows[j][:9]]) for j in shown}
+                          for r in rows[j][:9]]) for j in dict.fromkeys(shown + described)}
+    if out_collage_dir:
+        _write_collages({j: images[j] for j in described}, out_collage_dir)
     titles = {j: f"feature {j}: fires on {100 * rate[j]:.1f} %"
                  + (f"\n{table['purity_of'][j]} ({table['purity'][j]:.2f})" if factors else "")
               for j in shown}
     name = f"{spec} {meta['settings']['kind']} on {prov['dataset']}/{prov['split']}"
-    plot_collages(images, titles, out_collages, f"{name}: top 9 images of the {len(shown)} "
-                                                f"features firing most often")
+    plot_collages({j: images[j] for j in shown}, titles, out_collages,
+                  f"{name}: top 9 images of the {len(shown)} features firing most often")
     edges = np.linspace(0.0, max(zmax, 1e-6), 31)
     counts = activation_histograms((z for _, z in _latent_blocks(sae, x)), edges)
     plot_histograms(counts[shown], edges, titles, shown, out_histograms,

@@ -117,7 +117,8 @@ def test_features_rank_images_and_measure_purity_against_the_factors(tiny_world,
     summary = run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"),
                                cache=str(out / "train.h5"), roots=tiny_world.roots, top=5,
                                show=4, out_csv=str(out / "f.csv"), out_json=str(out / "f.json"),
-                               out_collages=str(out / "c.png"), out_histograms=str(out / "h.png"))
+                               out_collages=str(out / "c.png"), out_histograms=str(out / "h.png"),
+                               describe=3, out_collage_dir=str(out / "collages"))
     t = pd.read_csv(out / "f.csv", keep_default_na=False)
     sae, _ = load_sae(out / "sae")
     with RowCache(out / "train.h5", "embeddings") as rc:
@@ -139,3 +140,91 @@ def test_features_rank_images_and_measure_purity_against_the_factors(tiny_world,
         assert float(r["purity"]) == pytest.approx(best)
     assert json.loads((out / "f.json").read_text())["chance_median"] <= 1
     assert (out / "c.png").read_bytes()[:4] == (out / "h.png").read_bytes()[:4] == b"\x89PNG"
+    # one collage per described feature: the 3 live features firing most often, top image first
+    from PIL import Image
+
+    order = live.sort_values("firing_rate", ascending=False, kind="stable")["feature"].head(3)
+    assert sorted(int(p.stem) for p in (out / "collages").glob("*.png")) == sorted(order)
+    j = int(order.iloc[0])
+    tile = np.asarray(Image.open(out / "collages" / f"{j}.png"))[:64, :64]
+    first = int(t.loc[j, "top_rows"].split(";")[0])
+    data = open_dataset("toy", "train", **tiny_world.roots)
+    want = np.asarray(data.image(first).convert("RGB").resize((64, 64)))
+    np.testing.assert_array_equal(tile, want)
+
+
+def test_interpretation_labels_scores_and_reports_the_described_features(tiny_world, toy_sae,
+                                                                         monkeypatch):
+    """The offline baseline end to end: each described feature gets the English text nearest
+    its decoder direction and the Russian text at the same index; a rerun asks nothing; the
+    scores are recomputed here from their definitions."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from cliplens.core.caches.rows import RowCache
+    from cliplens.core.models.registry import load_model
+    from cliplens.core.text.textsets import embed_texts, toy_descriptions
+    from cliplens.studies.sae import endpoint
+    from cliplens.studies.sae.interpret import decoder_directions, nearest_texts
+    from cliplens.studies.sae.interpret_jobs import JOURNAL, run_interpret, run_sae_report
+    from cliplens.studies.sae.jobs import run_sae_features
+
+    out = toy_sae
+    if not (out / "collages").exists():
+        run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"), cache=str(out / "train.h5"),
+                         roots=tiny_world.roots, top=5, show=2, out_csv=str(out / "f.csv"),
+                         out_json=str(out / "f.json"), out_collages=str(out / "c.png"),
+                         out_histograms=str(out / "h.png"), describe=3,
+                         out_collage_dir=str(out / "collages"))
+    settings = tiny_world.S.sae.interpret.to_dict()
+    kw = dict(spec="toy:clip-vit", load=tiny_world.load, sae_dir=str(out / "sae"),
+              cache=str(out / "train.h5"), features_csv=str(out / "f.csv"),
+              collage_dir=str(out / "collages"), interpret={**settings, "random_images": 50},
+              out_csv=str(out / "i.csv"), out_json=str(out / "i.json"), progress=False)
+    summary = run_interpret(**kw)
+    t = pd.read_csv(out / "i.csv", keep_default_na=False)
+    features = sorted(int(p.stem) for p in (out / "collages").glob("*.png"))
+    assert sorted(t["feature"].unique()) == features and len(t) == 2 * len(features)
+    assert set(t["interpreter"]) == {"baseline:nearest-text"} and t["baseline"].all()
+    model = load_model("toy:clip-vit", **tiny_world.load)
+    en, ru = toy_descriptions(), toy_descriptions("ru")
+    sae, _ = load_sae(out / "sae")
+    idx, _ = nearest_texts(decoder_directions(sae)[features], embed_texts(model, en))
+    for j, i in zip(features, idx[:, 0]):
+        row = t[t["feature"] == j].set_index("language")
+        assert row.at["en", "text"] == en[i] and row.at["ru", "text"] == ru[i]
+        assert row.at["ru", "flags"] == row.at["en", "flags"] == ""
+    # the detection AUC from its definition, for one description
+    r = t.iloc[0]
+    with RowCache(out / "train.h5", "embeddings") as rc:
+        x = rc.load("embeddings").astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ft = pd.read_csv(out / "f.csv", keep_default_na=False).set_index("feature")
+    pos = [int(v) for v in ft.at[r["feature"], "top_rows"].split(";")]
+    s = x @ embed_texts(model, [r["text"]])[0]
+    neg = np.random.default_rng(int(r["feature"])).choice(
+        np.setdiff1d(np.arange(len(x)), pos), size=50, replace=False)
+    wins = (s[pos][:, None] > s[neg][None, :]).mean() + 0.5 * (s[pos][:, None] == s[neg][None, :]).mean()
+    assert float(r["detection_auc"]) == pytest.approx(wins)
+    assert summary["baseline"] and set(summary["stats"]) == {"en", "ru"}
+    assert summary["stats"]["en"]["names_value"] == pytest.approx(t[t.language == "en"]
+                                                                  ["names_value"].eq("True").mean())
+    # a rerun asks nothing: the journal holds one row per feature and language
+    lines = (out / "sae" / JOURNAL).read_text().splitlines()
+    monkeypatch.setattr(endpoint.Journal, "append", lambda *a: pytest.fail("asked twice"))
+    run_interpret(**kw)
+    assert len(lines) == len(t) == len({(json.loads(x)["feature"], json.loads(x)["language"])
+                                        for x in lines})
+    pd.DataFrame([{"sae": "s", "dataset": "toy", "task": "toy-colour", "kind": "topk",
+                   "accuracy_clip": 0.9, "accuracy_sae": 0.8, "dict_size": 128, "l0": 8,
+                   "mse": 0.01, "l1": 1.0, "r2": 0.9, "dead": 0.1, "dense": 0.0, "n": 60}]
+                 ).to_csv(out / "m.csv", index=False)
+    run_sae_report(metrics_csv=[str(out / "m.csv")], out_html=str(out / "report" / "index.html"),
+                   saes=[{"name": "s", "model": "toy:clip-vit", "dataset": "toy",
+                          "interpretations": str(out / "i.csv"), "summary": str(out / "i.json"),
+                          "collages": str(out / "collages")}])
+    page = (out / "report" / "index.html").read_text()
+    assert page.count('class="collage"') == len(features) and "../collages/" in page
+    assert "offline baseline" in page and en[idx[0, 0]] in page
