@@ -68,6 +68,7 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     assert "neurons_evidence" not in stats, stats  # the toy world's factors only
     # study 002: 4 SAEs on each of CIFAR-10 and Food-101 (train), scored on their test splits
     assert stats["sae_train"] == 8 and stats["sae_evaluate"] == 8, stats
+    assert stats["sae_interpret"] == 8 and stats["sae_report"] == 1, stats
     assert "cache/hf--openai--clip-vit-base-patch32/food101/train/embeddings.h5" in text
     assert elapsed < 60, elapsed
 
@@ -261,6 +262,14 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     feats = json.loads((res / "tables/sae/toy--clip-vit/toy/topk-4/features.json").read_text())
     assert feats["images"] == 200 and feats["live"] + feats["dead"] <= 128
     assert is_png(res / "figures/sae/toy--clip-vit/toy/topk-4/collages.png")
+    # ... its 4 most frequent features described offline in both languages, on one page
+    desc = list(csv.DictReader((res / "tables/sae/toy--clip-vit/toy/topk-4/interpretations.csv")
+                               .open()))
+    assert len(desc) == 8 and {r["language"] for r in desc} == {"en", "ru"}
+    assert all(r["baseline"] == "True" and r["text"] for r in desc)
+    page = (res / "reports/sae/index.html").read_text()
+    assert page.count('class="collage"') == 4 and "offline baseline" in page
+    assert len(list((res / "reports/sae/toy--clip-vit/toy/topk-4/collages").glob("*.png"))) == 4
 
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
@@ -289,7 +298,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
                   {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
                    "sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
-                   "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
+                   "sae_interpret": 1, "sae_report": 1, "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
                    "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
                    **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
                    "heads_texts": 1, "heads_ablation": 1, "heads_spurious": 1, "all": 1}),
@@ -298,11 +307,14 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "dtype": ({"cache": {"dtype": "float16"}},
                   {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
                    "zeroshot_figure": 1, "sae_train": 1, "sae_evaluate": 1, "sae_features": 1,
-                   "sae_table": 1, "all": 1}),
+                   "sae_table": 1, "sae_interpret": 1, "sae_report": 1, "all": 1}),
         # one SAE's setting retrains that SAE alone
         "sae k": ({"sae": {"saes": {"topk-4": {"k": 3}}}},
                   {"sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
-                   "all": 1}),
+                   "sae_interpret": 1, "sae_report": 1, "all": 1}),
+        # how descriptions are cleaned redoes the descriptions and the page, nothing else
+        "interpret": ({"sae": {"interpret": {"max_chars": 50}}},
+                      {"sae_interpret": 1, "sae_report": 1, "all": 1}),
         # toy-shift feeds study 003's concept tracking only
         "shift dataset": ({"toy": {"shift": {"n_per_year": 31}}},
                           {"toy_world": 1, "neurons_store_shard": 2, "neurons_store_gather": 2,
