@@ -24,7 +24,8 @@ from ..config import ConfigError, validate_config
 from .base import Section, plain, schema_at
 from .heads import (FactorSettings, HeadsFit, HeadsSettings, NeighbourSettings,
                     SegmentationSettings, SpuriousSettings, TextSpanSettings)
-from .sae import SaeEndpoint, SaeFeatures, SaeInterpret, SaeSettings, SaeSpec, SaeTrain
+from .sae import (SaeEndpoint, SaeFeatures, SaeInterpret, SaePrompts, SaeSettings, SaeSpec,
+                  SaeTextSets, SaeTrain)
 from .neurons import (NeuronComponents, NeuronEffects, NeuronEvidence, NeuronRetrieval,
                       NeuronSegmentation, NeuronShift, NeuronSparse, NeuronsSettings, NeuronTable)
 from .references import check_references, results_problem
@@ -40,8 +41,9 @@ __all__ = [
     "ImageObjective", "InversionFigure", "InversionSettings", "NeighbourSettings",
     "NeuronComponents", "NeuronEffects", "NeuronEvidence", "NeuronRetrieval",
     "NeuronSegmentation", "NeuronShift", "NeuronSparse", "NeuronTable", "NeuronsSettings",
-    "OperatorSettings", "SaeEndpoint", "SaeFeatures", "SaeInterpret", "SaeSettings", "SaeSpec", "SaeTrain",
-    "PartialCaptions", "ReconstructorSettings", "ReconstructorTrain",
+    "OperatorSettings", "SaeEndpoint", "SaeFeatures", "SaeInterpret", "SaePrompts",
+    "SaeSettings", "SaeSpec", "SaeTextSets", "SaeTrain", "PartialCaptions",
+    "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",
     "ToyModelSettings", "ToySettings", "ToySplits", "ToyText", "ToyTrain", "ToyVision",

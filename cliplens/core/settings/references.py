@@ -323,7 +323,7 @@ def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
                                                   f"{sa.model}'s width {width})"))
     it = sa.interpret
     if it.interpreter == "baseline" and len(it.languages) > 1:
-        sizes = {lang: _text_count([it.text_sets[lang]], 5000) for lang in it.languages}
+        sizes = {lang: _text_count([getattr(it.text_sets, lang)], 5000) for lang in it.languages}
         if None not in sizes.values() and len(set(sizes.values())) > 1:
             out.append(("sae.interpret.text_sets", f"the baseline's text sets must be item for "
                                                    f"item translations; their sizes differ: "

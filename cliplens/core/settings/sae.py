@@ -87,12 +87,30 @@ class SaeEndpoint(Section):
 
 
 @dataclass(frozen=True)
+class SaePrompts(Section):
+    """The endpoint's prompt per language."""
+
+    SCHEMA: ClassVar[str] = "sae.interpret.prompts"
+    en: str
+    ru: str
+
+
+@dataclass(frozen=True)
+class SaeTextSets(Section):
+    """The baseline's text set per language, item for item translations."""
+
+    SCHEMA: ClassVar[str] = "sae.interpret.text_sets"
+    en: str
+    ru: str
+
+
+@dataclass(frozen=True)
 class SaeInterpret(Section):
     SCHEMA: ClassVar[str] = "sae.interpret"
     interpreter: str
     languages: tuple[str, ...]
-    prompts: Mapping[str, str]
-    text_sets: Mapping[str, str]
+    prompts: SaePrompts
+    text_sets: SaeTextSets
     endpoint: SaeEndpoint
     max_chars: int
     random_images: int

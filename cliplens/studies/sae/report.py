@@ -104,7 +104,8 @@ def _metrics_table(metrics) -> str:
         f'<td class="num">{_num(r[c])}</td>' if c not in ("task", "kind")
         else f"<td>{_e(r[c])}</td>" for c in METRIC_COLUMNS) + "</tr>"
         for _, r in metrics.iterrows())
-    return f'<table class="metrics sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (f'<table class="metrics sortable"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
 
 
 def _feature_rows(table, collage_paths: Mapping[int, str], languages: Sequence[str]) -> str:

@@ -206,7 +206,8 @@ def test_interpretation_labels_scores_and_reports_the_described_features(tiny_wo
     s = x @ embed_texts(model, [r["text"]])[0]
     neg = np.random.default_rng(int(r["feature"])).choice(
         np.setdiff1d(np.arange(len(x)), pos), size=50, replace=False)
-    wins = (s[pos][:, None] > s[neg][None, :]).mean() + 0.5 * (s[pos][:, None] == s[neg][None, :]).mean()
+    diff = s[pos][:, None] - s[neg][None, :]  # AUC: the share of (top, random) pairs in order
+    wins = (diff > 0).mean() + 0.5 * (diff == 0).mean()
     assert float(r["detection_auc"]) == pytest.approx(wins)
     assert summary["baseline"] and set(summary["stats"]) == {"en", "ru"}
     assert summary["stats"]["en"]["names_value"] == pytest.approx(t[t.language == "en"]
