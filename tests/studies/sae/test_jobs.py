@@ -229,3 +229,52 @@ def test_interpretation_labels_scores_and_reports_the_described_features(tiny_wo
     page = (out / "report" / "index.html").read_text()
     assert page.count('class="collage"') == len(features) and "../collages/" in page
     assert "offline baseline" in page and en[idx[0, 0]] in page
+
+
+def test_interpretation_through_an_endpoint_sends_each_collage(tiny_world, toy_sae, monkeypatch):
+    """The endpoint interpreter against a loopback server: one request per feature and
+    language carrying that feature's collage; rows marked with the endpoint, not the baseline."""
+    import base64
+
+    import pandas as pd
+
+    from cliplens.studies.sae.interpret_jobs import run_interpret
+    from cliplens.studies.sae.jobs import run_sae_features
+    from tests.studies.sae.test_endpoint import KEY, Server
+
+    out = toy_sae
+    if not (out / "collages").exists():
+        run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"), cache=str(out / "train.h5"),
+                         roots=tiny_world.roots, top=5, show=2, out_csv=str(out / "f.csv"),
+                         out_json=str(out / "f.json"), out_collages=str(out / "c.png"),
+                         out_histograms=str(out / "h.png"), describe=3,
+                         out_collage_dir=str(out / "collages"))
+    monkeypatch.setenv("CLIPLENS_TEST_KEY", KEY)
+    settings = tiny_world.S.sae.interpret.to_dict()
+    with Server(["500"]) as srv:
+        endpoint = {**settings["endpoint"], "base_url": srv.url, "model": "vlm",
+                    "key_env": "CLIPLENS_TEST_KEY", "retries": 1, "concurrency": 2}
+        summary = run_interpret(spec="toy:clip-vit", load=tiny_world.load,
+                                sae_dir=str(out / "sae"), cache=str(out / "train.h5"),
+                                features_csv=str(out / "f.csv"),
+                                collage_dir=str(out / "collages"),
+                                interpret={**settings, "interpreter": "endpoint",
+                                           "endpoint": endpoint, "random_images": 20},
+                                out_csv=str(out / "e.csv"), out_json=str(out / "e.json"),
+                                progress=False)
+        sent = {}
+        for _, what, _, body in srv.seen:
+            if what == "ok":
+                parts = body["messages"][0]["content"]
+                sent[parts[0]["text"]] = sent.get(parts[0]["text"], []) + [
+                    base64.b64decode(parts[1]["image_url"]["url"].split(",", 1)[1])]
+    t = pd.read_csv(out / "e.csv", keep_default_na=False)
+    features = sorted(int(p.stem) for p in (out / "collages").glob("*.png"))
+    assert len(t) == 2 * len(features) and not summary["baseline"]
+    assert set(t["interpreter"]) == {f"{srv.url}#vlm"} and t["baseline"].astype(str).eq("False").all()
+    assert sorted(sent) == sorted(settings["prompts"].values())
+    for images in sent.values():  # every feature's own collage, once per language
+        assert sorted(images) == sorted((out / "collages" / f"{j}.png").read_bytes()
+                                        for j in features)
+    assert t["raw"].str.startswith("answer to").all()
+    assert KEY not in (out / "e.csv").read_text() + (out / "e.json").read_text()
