@@ -1,4 +1,4 @@
-"""Study 002 jobs (``rules/sae.smk`` is not written yet): train one SAE on an embedding cache
+"""Study 002 jobs of part 1 (``rules/sae.smk``): train one SAE on an embedding cache
 and save it; score it on a zero-shot task's embeddings (metrics, CLIP vs CLIP+SAE).
 
 An SAE is saved as ``{out}/sae.safetensors`` (weights) and ``{out}/sae.json`` (its settings,
