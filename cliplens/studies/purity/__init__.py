@@ -1,0 +1,1 @@
+"""Study 004: feature purity of CLIP projection layers (``rules/purity.smk``)."""
