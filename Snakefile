@@ -53,6 +53,7 @@ include: "rules/inversion.smk"
 include: "rules/heads.smk"
 include: "rules/neurons.smk"
 include: "rules/sae.smk"
+include: "rules/purity.smk"
 
 
 rule all:
@@ -63,3 +64,4 @@ rule all:
         heads_outputs(),
         neurons_outputs(),
         sae_outputs(),
+        purity_outputs(),

@@ -28,6 +28,7 @@ from .sae import (SaeEndpoint, SaeFeatures, SaeInterpret, SaePrompts, SaeSetting
                   SaeTextSets, SaeTrain)
 from .neurons import (NeuronComponents, NeuronEffects, NeuronEvidence, NeuronRetrieval,
                       NeuronSegmentation, NeuronShift, NeuronSparse, NeuronsSettings, NeuronTable)
+from .purity import PurityPruning, PuritySettings
 from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
@@ -42,7 +43,8 @@ __all__ = [
     "NeuronComponents", "NeuronEffects", "NeuronEvidence", "NeuronRetrieval",
     "NeuronSegmentation", "NeuronShift", "NeuronSparse", "NeuronTable", "NeuronsSettings",
     "OperatorSettings", "SaeEndpoint", "SaeFeatures", "SaeInterpret", "SaePrompts",
-    "SaeSettings", "SaeSpec", "SaeTextSets", "SaeTrain", "PartialCaptions",
+    "SaeSettings", "SaeSpec", "SaeTextSets", "SaeTrain", "PartialCaptions", "PurityPruning",
+    "PuritySettings",
     "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",
@@ -69,6 +71,7 @@ class Settings(Section):
     heads: HeadsSettings
     neurons: NeuronsSettings
     sae: SaeSettings
+    purity: PuritySettings
 
     def check(self, where: str) -> None:
         """Each section's own checks, then what the config names against what exists

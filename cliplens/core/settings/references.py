@@ -32,6 +32,8 @@ def _model_refs(s) -> Iterator[tuple[str, str]]:
     yield from ((f"heads.models[{i}]", m) for i, m in enumerate(heads.models))
     yield from ((f"neurons.models[{i}]", m) for i, m in enumerate(s.neurons.models))
     yield "sae.model", s.sae.model
+    yield from ((f"purity.pairs[{i}][{j}]", m) for i, pair in enumerate(s.purity.pairs)
+                for j, m in enumerate(pair))
 
 
 def model_problem(spec: str, toy_models) -> str | None:
@@ -95,6 +97,7 @@ def check_references(s) -> list[tuple[str, str]]:
                         ("heads.models", s.heads.models), ("heads.tasks", s.heads.tasks),
                         ("neurons.models", s.neurons.models),
                         ("neurons.sparse.text_sets", s.neurons.sparse.text_sets),
+                        ("purity.tasks", s.purity.tasks),
                         ("toy.spurious.classes", s.toy.spurious.classes)):
         dup = _duplicates(values)
         if dup:
@@ -185,6 +188,7 @@ def check_references(s) -> list[tuple[str, str]]:
 
     out += _neuron_problems(s, bad_models)
     out += _sae_problems(s, bad_models)
+    out += _purity_problems(s, bad_models)
 
     # counts that contradict each other
     ts = hs.textspan
@@ -328,6 +332,31 @@ def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
             out.append(("sae.interpret.text_sets", f"the baseline's text sets must be item for "
                                                    f"item translations; their sizes differ: "
                                                    f"{sizes}"))
+    return out
+
+
+def _purity_problems(s, bad_models) -> list[tuple[str, str]]:
+    """Study 004: tasks exist; each model has separate projections (not SigLIP) and every k of
+    the sweep fits its embedding width (where known before loading)."""
+    from ..data.tasks import TASKS
+    from ..models.layout import planned_tower
+
+    pu, out = s.purity, []
+    for i, t in enumerate(pu.tasks):
+        if t not in TASKS:
+            out.append((f"purity.tasks[{i}]", f"unknown zero-shot task {t!r}; known: {sorted(TASKS)}"))
+    for i, pair in enumerate(pu.pairs):
+        for j, spec in enumerate(pair):
+            tower = None if spec in bad_models else planned_tower(spec, s.toy_models)
+            if tower is None:
+                continue
+            kind, width = tower
+            if kind == "siglip":
+                out.append((f"purity.pairs[{i}][{j}]", f"{spec} has no separate image projection "
+                                                       f"(SigLIP pools with an attention head)"))
+            elif width and max(pu.pruning.keep) > width:
+                out.append(("purity.pruning.keep", f"k = {max(pu.pruning.keep)} dimensions kept, "
+                                                   f"but {spec}'s embedding has {width}"))
     return out
 
 

@@ -1,0 +1,77 @@
+"""Study 004's jobs on the tiny toy world: projections read from the model, pruned accuracy
+from the cache, the comparison table."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cliplens.core.models.registry import load_model
+from cliplens.studies.purity.jobs import (projection_rows, run_purity_eval, run_purity_table,
+                                          run_purity_weights)
+from cliplens.studies.purity.metrics import keep_mask, neuron_scores, purity_metrics
+
+
+@pytest.fixture(scope="module")
+def purity_run(tiny_world, tmp_path_factory):
+    from cliplens.core.jobs import run_cache_shard
+
+    out = tmp_path_factory.mktemp("purity")
+    run_cache_shard(spec="toy:clip-vit", load=tiny_world.load, dataset="toy", split="test",
+                    shard=0, n_shards=1, batch_size=64, dtype="float32", normalize=False,
+                    roots=tiny_world.roots, out=str(out / "test.h5"))
+    weights = run_purity_weights(spec="toy:clip-vit", load=tiny_world.load,
+                                 include_diagonal=False, out_json=str(out / "w.json"),
+                                 out_npz=str(out / "w.npz"))
+    return out, weights
+
+
+def test_the_projections_are_the_models_weights_row_per_embedding_dimension(tiny_world,
+                                                                           purity_run):
+    out, weights = purity_run
+    model = load_model("toy:clip-vit", **tiny_world.load)
+    rows = projection_rows(model)
+    x = torch.randn(3, rows["image"].shape[1], dtype=torch.float64)
+    # the image projection applied as the model applies it: y = x W, so y_i = <row i, x>
+    w = model.model.visual.proj.detach().double()
+    np.testing.assert_allclose((x @ w).numpy(), x.numpy() @ rows["image"].T, atol=1e-10)
+    assert rows["text"].shape[0] == rows["image"].shape[0] == 64
+    assert weights["image"] == pytest.approx(purity_metrics(rows["image"]))
+    scores = np.load(out / "w.npz")
+    np.testing.assert_allclose(scores["text"], neuron_scores(rows["text"]))
+    with pytest.raises(ValueError, match="toy:siglip-32 has no separate projection"):
+        projection_rows(load_model("toy:siglip-32", **tiny_world.load))
+
+
+def test_pruned_accuracy_and_the_tables(tiny_world, purity_run):
+    from cliplens.core.caches.rows import RowCache
+    from cliplens.core.text.zeroshot import task_classifier
+
+    out, _ = purity_run
+    t = run_purity_eval(spec="toy:clip-vit", load=tiny_world.load, task="toy-colour",
+                        cache=str(out / "test.h5"), roots=tiny_world.roots,
+                        scores=str(out / "w.npz"), keep=[8, 32], seeds=2,
+                        silhouette_sample=1000, out_csv=str(out / "e.csv"))
+    assert len(t) == 1 + 2 * 2 * (2 + 2)  # all; image/text x k x (pure, impure, 2 random)
+    W, ds, _ = task_classifier(load_model("toy:clip-vit", **tiny_world.load), "toy-colour",
+                               tiny_world.roots)
+    with RowCache(out / "test.h5", "embeddings") as rc:
+        x = rc.load("embeddings").astype(np.float32)
+    y = np.asarray(ds.labels)
+    whole = t[t["mode"] == "all"].iloc[0]
+    assert whole["accuracy"] == pytest.approx(((x @ W).argmax(1) == y).mean())
+    mask = keep_mask(np.load(out / "w.npz")["image"], 8, "pure")
+    r = t[(t["by"] == "image") & (t["mode"] == "pure") & (t["k"] == 8)].iloc[0]
+    assert r["accuracy"] == pytest.approx((((x * mask) @ W).argmax(1) == y).mean())
+    run_purity_table(models=["toy:clip-vit"], weights=[str(out / "w.json")],
+                     evals=[str(out / "e.csv")], pairs=[["toy:clip-vit", "toy:clip-vit"]],
+                     out_compare=str(out / "c.csv"), out_pruning=str(out / "p.csv"),
+                     out_compare_png=str(out / "c.png"), out_pruning_png=str(out / "p.png"))
+    c = pd.read_csv(out / "c.csv")
+    assert c["model"].tolist() == ["toy:clip-vit", "toy:clip-vit - toy:clip-vit"]
+    assert c["image_mean_abs"].iloc[0] == pytest.approx(
+        json.loads((out / "w.json").read_text())["image"]["mean_abs"])
+    assert c.iloc[1][["accuracy", "silhouette"]].abs().max() == 0
+    assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
