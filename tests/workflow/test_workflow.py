@@ -69,6 +69,8 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     # study 002: 4 SAEs on each of CIFAR-10 and Food-101 (train), scored on their test splits
     assert stats["sae_train"] == 8 and stats["sae_evaluate"] == 8, stats
     assert stats["sae_interpret"] == 8 and stats["sae_report"] == 1, stats
+    # study 004: two ViT-B/32 CLIPs on the eight published downstream tasks
+    assert stats["purity_weights"] == 2 and stats["purity_eval"] == 16, stats
     assert "cache/hf--openai--clip-vit-base-patch32/food101/train/embeddings.h5" in text
     assert elapsed < 60, elapsed
 
@@ -271,6 +273,15 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     assert page.count('class="collage"') == 4 and "offline baseline" in page
     assert len(list((res / "reports/sae/toy--clip-vit/toy/topk-4/collages").glob("*.png"))) == 4
 
+    # Study 004: both models' purity and the pruning sweep on toy-colour
+    comp = list(csv.DictReader((res / "tables/purity/compare.csv").open()))
+    assert [r["model"] for r in comp] == ["toy:clip-vit-2", "toy:clip-vit",
+                                          "toy:clip-vit - toy:clip-vit-2"]
+    assert all(0 <= float(r["image_mean_abs"]) <= 1 for r in comp[:2])
+    prune = list(csv.DictReader((res / "tables/purity/pruning.csv").open()))
+    assert len(prune) == 2 * (1 + 2 * 3 * (2 + 2))  # 2 models: all; image/text x k x 4 runs
+    assert is_png(res / "figures/purity/pruning.png") and is_png(res / "figures/purity/compare.png")
+
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
     assert again.returncode == 0
@@ -288,7 +299,7 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
                 "spurious.png", "effects.png", "segmentation.png", "shift.png", "evidence.png",
-                "retrieval", "metrics.png", "collages.png"):
+                "retrieval", "metrics.png", "collages.png", "compare.png", "pruning.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -298,20 +309,25 @@ def test_tiny_config_runs_end_to_end(tmp_path):
         "width": ({"toy_models": {"clip-vit": {"vision": {"width": 48}}}},
                   {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
                    "sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
-                   "sae_interpret": 1, "sae_report": 1, "zeroshot_table": 1, "zeroshot_figure": 1, "inversion_score": 1,
-                   "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
+                   "sae_interpret": 1, "sae_report": 1, "purity_weights": 1, "purity_eval": 1,
+                   "purity_table": 1, "zeroshot_table": 1, "zeroshot_figure": 1,
+                   "inversion_score": 1, "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
                    **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
                    "heads_texts": 1, "heads_ablation": 1, "heads_spurious": 1, "all": 1}),
         "templates": ({"zeroshot": {"templates": {"toy-colour": ["a {} blob"]}}},
                       {"zeroshot_eval": 2, "zeroshot_table": 1, "zeroshot_figure": 1, "all": 1}),
         "dtype": ({"cache": {"dtype": "float16"}},
-                  {"cache_shard": 4, "cache_gather": 2, "zeroshot_eval": 4, "zeroshot_table": 1,
+                  {"cache_shard": 6, "cache_gather": 3, "zeroshot_eval": 4, "zeroshot_table": 1,
                    "zeroshot_figure": 1, "sae_train": 1, "sae_evaluate": 1, "sae_features": 1,
-                   "sae_table": 1, "sae_interpret": 1, "sae_report": 1, "all": 1}),
+                   "sae_table": 1, "sae_interpret": 1, "sae_report": 1, "purity_eval": 2,
+                   "purity_table": 1, "all": 1}),
         # one SAE's setting retrains that SAE alone
         "sae k": ({"sae": {"saes": {"topk-4": {"k": 3}}}},
                   {"sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
                    "sae_interpret": 1, "sae_report": 1, "all": 1}),
+        # the pruning sweep's k: the sweeps and the tables, not the weights' purity
+        "purity keep": ({"purity": {"pruning": {"keep": [8, 16]}}},
+                        {"purity_eval": 2, "purity_table": 1, "all": 1}),
         # how descriptions are cleaned redoes the descriptions and the page, nothing else
         "interpret": ({"sae": {"interpret": {"max_chars": 50}}},
                       {"sae_interpret": 1, "sae_report": 1, "all": 1}),
