@@ -88,3 +88,88 @@ rule purity_table:
         pairs=[list(p) for p in PU.pairs],
     script:
         "../workflow_scripts/purity/purity_table.py"
+
+
+rule purity_features:
+    input:
+        unpack(purity_features_inputs),
+        model=lambda w: model_inputs(w.model),
+    output:
+        f"{R}/purity/{{model}}/misalign/features.npz",
+    log:
+        f"{R}/logs/purity_features/{{model}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_resource,
+    params:
+        spec=lambda w: model_spec(w.model),
+        dataset=MIS.dataset,
+        split=MIS.split,
+        captions=MIS.captions,
+        images=MIS.images,
+        tasks=list(PU.tasks),
+        roots=data_roots,
+    script:
+        "../workflow_scripts/purity/purity_features.py"
+
+
+rule purity_finetune:
+    input:
+        features=f"{R}/purity/{{model}}/misalign/features.npz",
+        model=lambda w: model_inputs(w.model),
+        data=lambda w: purity_features_inputs(w)["data"],
+    output:
+        f"{R}/purity/{{model}}/misalign/cs{{cs}}-seed{{seed}}.json",
+    log:
+        f"{R}/logs/purity_finetune/{{model}}/cs{{cs}}-seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/purity_finetune/{{model}}/cs{{cs}}-seed{{seed}}.tsv"
+    wildcard_constraints:
+        cs=r"[0-9.]+",
+        seed=r"\d+",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        spec=lambda w: model_spec(w.model),
+        fraction=lambda w: float(w.cs),
+        seed=lambda w: int(w.seed),
+        init=MIS.init,
+        train=MIS.train.to_dict(),
+        tasks=list(PU.tasks),
+        roots=data_roots,
+        include_diagonal=PU.include_diagonal,
+    script:
+        "../workflow_scripts/purity/purity_finetune.py"
+
+
+rule purity_misalign_table:
+    input:
+        [
+            f"{R}/purity/{m}/misalign/cs{cs}-seed{seed}.json"
+            for m, cs, seed in misalign_runs()
+        ],
+    output:
+        csv=f"{R}/tables/purity/misalign.csv",
+        png=report(
+            f"{R}/figures/purity/misalign.png",
+            category="Study 004: feature purity",
+            caption="../report/purity/misalign.rst",
+        ),
+    log:
+        f"{R}/logs/purity_misalign_table.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/purity/purity_misalign_table.py"

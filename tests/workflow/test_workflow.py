@@ -281,6 +281,9 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     prune = list(csv.DictReader((res / "tables/purity/pruning.csv").open()))
     assert len(prune) == 2 * (1 + 2 * 3 * (2 + 2))  # 2 models: all; image/text x k x 4 runs
     assert is_png(res / "figures/purity/pruning.png") and is_png(res / "figures/purity/compare.png")
+    mis = list(csv.DictReader((res / "tables/purity/misalign.csv").open()))
+    assert [float(r["fraction"]) for r in mis] == [0.0, 0.5]
+    assert is_png(res / "figures/purity/misalign.png")
 
     # nothing left to do on a second run
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs/test.yaml"))
@@ -299,7 +302,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
     for fig in ("v1_vs_v2.png", "reconstructions.png", "rb_swap.png", "colorization.png",
                 "ablation.png", "factors.png", "spatial_maps.png", "neighbours.png",
                 "spurious.png", "effects.png", "segmentation.png", "shift.png", "evidence.png",
-                "retrieval", "metrics.png", "collages.png", "compare.png", "pruning.png"):
+                "retrieval", "metrics.png", "collages.png", "compare.png", "pruning.png",
+                "misalign.png"):
         assert fig in html, fig
     assert "Produced with extractors ['toy:siglip-32', 'toy:siglip2-32']" in caption
     assert "last 1 layer projected" in caption  # the toy clip-vit has 1 block
@@ -310,7 +314,8 @@ def test_tiny_config_runs_end_to_end(tmp_path):
                   {"train_toy_model": 1, "cache_shard": 2, "cache_gather": 1, "zeroshot_eval": 2,
                    "sae_train": 1, "sae_evaluate": 1, "sae_features": 1, "sae_table": 1,
                    "sae_interpret": 1, "sae_report": 1, "purity_weights": 1, "purity_eval": 1,
-                   "purity_table": 1, "zeroshot_table": 1, "zeroshot_figure": 1,
+                   "purity_table": 1, "purity_features": 1, "purity_finetune": 2,
+                   "purity_misalign_table": 1, "zeroshot_table": 1, "zeroshot_figure": 1,
                    "inversion_score": 1, "inversion_similarity_table": 1, "inversion_v1_vs_v2_figure": 1,
                    **HEADS_JOBS, "heads_decompose_shard": 4, "heads_decompose_gather": 4,
                    "heads_texts": 1, "heads_ablation": 1, "heads_spurious": 1, "all": 1}),

@@ -28,7 +28,7 @@ from .sae import (SaeEndpoint, SaeFeatures, SaeInterpret, SaePrompts, SaeSetting
                   SaeTextSets, SaeTrain)
 from .neurons import (NeuronComponents, NeuronEffects, NeuronEvidence, NeuronRetrieval,
                       NeuronSegmentation, NeuronShift, NeuronSparse, NeuronsSettings, NeuronTable)
-from .purity import PurityPruning, PuritySettings
+from .purity import MisalignTrain, PurityMisalign, PurityPruning, PuritySettings
 from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
@@ -44,7 +44,7 @@ __all__ = [
     "NeuronSegmentation", "NeuronShift", "NeuronSparse", "NeuronTable", "NeuronsSettings",
     "OperatorSettings", "SaeEndpoint", "SaeFeatures", "SaeInterpret", "SaePrompts",
     "SaeSettings", "SaeSpec", "SaeTextSets", "SaeTrain", "PartialCaptions", "PurityPruning",
-    "PuritySettings",
+    "PuritySettings", "PurityMisalign", "MisalignTrain",
     "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",

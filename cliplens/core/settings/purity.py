@@ -17,12 +17,36 @@ class PurityPruning(Section):
 
 
 @dataclass(frozen=True)
+class MisalignTrain(Section):
+    SCHEMA: ClassVar[str] = "purity.misalign.train"
+    steps: int
+    batch_size: int
+    lr: float
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class PurityMisalign(Section):
+    SCHEMA: ClassVar[str] = "purity.misalign"
+    models: tuple[str, ...]
+    fractions: tuple[float, ...]
+    seeds: int
+    dataset: str
+    split: str
+    captions: str
+    images: int
+    init: str
+    train: MisalignTrain
+
+
+@dataclass(frozen=True)
 class PuritySettings(Section):
     SCHEMA: ClassVar[str] = "purity"
     pairs: tuple[tuple[str, str], ...]
     tasks: tuple[str, ...]
     include_diagonal: bool
     pruning: PurityPruning
+    misalign: PurityMisalign
 
     @property
     def models(self) -> list[str]:

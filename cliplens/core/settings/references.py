@@ -34,6 +34,7 @@ def _model_refs(s) -> Iterator[tuple[str, str]]:
     yield "sae.model", s.sae.model
     yield from ((f"purity.pairs[{i}][{j}]", m) for i, pair in enumerate(s.purity.pairs)
                 for j, m in enumerate(pair))
+    yield from ((f"purity.misalign.models[{i}]", m) for i, m in enumerate(s.purity.misalign.models))
 
 
 def model_problem(spec: str, toy_models) -> str | None:
@@ -357,6 +358,19 @@ def _purity_problems(s, bad_models) -> list[tuple[str, str]]:
             elif width and max(pu.pruning.keep) > width:
                 out.append(("purity.pruning.keep", f"k = {max(pu.pruning.keep)} dimensions kept, "
                                                    f"but {spec}'s embedding has {width}"))
+    mis = pu.misalign
+    for i, spec in enumerate(mis.models):
+        tower = None if spec in bad_models else planned_tower(spec, s.toy_models)
+        if tower is not None and tower[0] != "vit":
+            out.append((f"purity.misalign.models[{i}]", f"{spec} is a {tower[0]} model; the "
+                                                        f"projections are fine-tuned on CLIP ViTs"))
+    if mis.models and not mis.dataset.startswith("toy"):
+        out.append(("purity.misalign.dataset", f"{mis.dataset!r} has no captions; misalignment "
+                                               f"reads the captions of a toy dataset"))
+    splits = _splits_of(mis.dataset, s.toy) if mis.dataset.startswith("toy") else None
+    if mis.models and splits is not None and mis.split not in splits:
+        out.append(("purity.misalign.split", f"dataset {mis.dataset!r} has no split "
+                                             f"{mis.split!r}; it has {sorted(splits)}"))
     return out
 
 

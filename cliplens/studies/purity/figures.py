@@ -66,3 +66,38 @@ def plot_pruning(sweep: pd.DataFrame, out_path) -> None:
     fig.suptitle("Pruning by purity: numbers are the pure-minus-impure gap (points)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out_path)
+
+
+def plot_misalignment(table: pd.DataFrame, out_path) -> None:
+    """Left: mean |cos| between the output neurons of the text and image projections after
+    fine-tuning on captions a fraction Cs of which were swapped for similar ones; right:
+    zero-shot accuracy averaged over tasks.  Means over seeds with 95 % t intervals."""
+    from ...core.stats import mean_ci
+
+    acc_cols = [c for c in table.columns if c.startswith("accuracy:")]
+    t = table.assign(accuracy=table[acc_cols].mean(axis=1) * 100)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.4))
+    for model, g in t.groupby("model", sort=False):
+        for col, ax, style, name in (("text_mean_abs", left, "o-", "text"),
+                                     ("image_mean_abs", left, "s--", "image"),
+                                     ("accuracy", right, "o-", None)):
+            stats = [(cs, mean_ci(v[col].to_numpy())) for cs, v in g.groupby("fraction")]
+            xs = [cs for cs, _ in stats]
+            ys = np.array([s["mean"] for _, s in stats])
+            lo = np.array([s["ci_low"] for _, s in stats])
+            hi = np.array([s["ci_high"] for _, s in stats])
+            label = f"{model}, {name} projection" if name else model
+            ax.plot(xs, ys, style, label=label)
+            if np.isfinite(lo).all():
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+    left.set_xlabel("misaligned captions Cs")
+    left.set_ylabel("mean |cos| between output neurons")
+    right.set_xlabel("misaligned captions Cs")
+    right.set_ylabel("zero-shot accuracy (%), mean of tasks")
+    left.legend(fontsize=6)
+    right.legend(fontsize=6)
+    n = int(t.groupby(["model", "fraction"]).size().max()) if len(t) else 0
+    fig.suptitle(f"Caption misalignment, projections fine-tuned ({n} seeds, 95 % intervals)",
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_path)

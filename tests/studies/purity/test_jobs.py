@@ -75,3 +75,48 @@ def test_pruned_accuracy_and_the_tables(tiny_world, purity_run):
         json.loads((out / "w.json").read_text())["image"]["mean_abs"])
     assert c.iloc[1][["accuracy", "silhouette"]].abs().max() == 0
     assert (out / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_misalignment_features_finetune_and_table(tiny_world, purity_run):
+    """Features before the projections rebuild the model's embeddings; a fine-tune that barely
+    moves the projections scores what the model itself scores; Cs counts the swapped captions."""
+    from cliplens.core.caches.rows import RowCache
+    from cliplens.core.text.zeroshot import argmax_accuracy, task_classifier
+    from cliplens.studies.purity.misalign_jobs import (run_purity_features, run_purity_finetune,
+                                                       run_purity_misalign_table)
+
+    out, weights = purity_run
+    run_purity_features(spec="toy:clip-vit", load=tiny_world.load, dataset="toy", split="train",
+                        captions="rich", images=100, tasks=["toy-colour"],
+                        roots=tiny_world.roots, out_npz=str(out / "f.npz"))
+    f = np.load(out / "f.npz")
+    with RowCache(out / "test.h5", "embeddings") as rc:
+        x = rc.load("embeddings").astype(np.float32)
+    np.testing.assert_allclose(f["x:toy/test"] @ f["w_image"], x, rtol=1e-4, atol=1e-5)
+    assert f["image"].shape[0] == len(f["caption_index"]) == 100
+    assert f["caption_index"].max() < len(f["texts"])
+    kw = dict(spec="toy:clip-vit", load=tiny_world.load, features=str(out / "f.npz"), seed=0,
+              init="trained", tasks=["toy-colour"], roots=tiny_world.roots,
+              include_diagonal=False, progress=False)
+    still = run_purity_finetune(fraction=0.0, out_json=str(out / "cs0.json"),
+                                train={"steps": 1, "batch_size": 16, "lr": 1e-12,
+                                       "checkpoint_every": 0}, **kw)
+    W, ds, _ = task_classifier(load_model("toy:clip-vit", **tiny_world.load), "toy-colour",
+                               tiny_world.roots)
+    assert still["accuracy"]["toy-colour"] == pytest.approx(
+        argmax_accuracy(x, W, np.asarray(ds.labels)))
+    assert still["image"]["mean_abs"] == pytest.approx(weights["image"]["mean_abs"], rel=1e-4)
+    assert still["text"]["mean_abs"] == pytest.approx(weights["text"]["mean_abs"], rel=1e-4)
+    moved = run_purity_finetune(fraction=0.5, out_json=str(out / "cs05.json"),
+                                train={"steps": 10, "batch_size": 16, "lr": 1e-2,
+                                       "checkpoint_every": 5}, **kw)
+    assert moved["captions_changed"] == 50 and moved["steps"] == 10
+    assert moved["text"]["mean_abs"] != pytest.approx(still["text"]["mean_abs"])
+    t = run_purity_misalign_table(results=[str(out / "cs0.json"), str(out / "cs05.json")],
+                                  out_csv=str(out / "m.csv"), out_png=str(out / "m.png"))
+    assert t["fraction"].tolist() == [0.0, 0.5] and "accuracy:toy-colour" in t
+    with pytest.raises(ValueError, match="holds the features of 'toy:clip-vit'"):
+        run_purity_finetune(**{**kw, "spec": "toy:siglip-32"}, fraction=0.0,
+                            out_json=str(out / "x.json"),
+                            train={"steps": 1, "batch_size": 16, "lr": 1e-3,
+                                   "checkpoint_every": 0})

@@ -21,7 +21,8 @@ def test_duplicated_neurons_have_cosine_one_and_the_published_means_include_the_
     assert ours["mean_abs"] == pytest.approx(1) and ours["signed_mean"] == pytest.approx(1)
     assert published["mean_abs"] == pytest.approx(4 / 5)  # n(n-1) of n² entries are 1
     assert published["max_abs"] == ours["max_abs"] == pytest.approx(1)
-    assert ours["purity_mean"] == pytest.approx(1) and published["purity_mean"] == pytest.approx(5 / 4)
+    assert ours["purity_mean"] == pytest.approx(1)
+    assert published["purity_mean"] == pytest.approx(5 / 4)
     np.testing.assert_allclose(neuron_scores(rows), 4)
 
 
