@@ -1,10 +1,10 @@
 """Benchmark: study 004's caption misalignment (TF-IDF nearest partners) at growing scale.
 
-Draws ``N`` rich toy captions with the toy world's own caption generator, then misaligns a
-fraction 0.8 of them (``cliplens.studies.purity.misalign.misalign``: TF-IDF rows of the distinct
-captions, sklearn's brute-force cosine ``NearestNeighbors`` in chunks of ``working_memory``).
-Each N runs in a fresh process; printed: distinct captions, seconds, peak RSS, and the memory the
-published all-pairs similarity matrix (float32, distinct x distinct) would need.
+Draws ``N`` rich toy captions with the toy world's own caption generator, then pairs a
+fraction 0.8 of them with TF-IDF-similar partners (``cliplens.studies.purity.misalign.misalign``:
+TF-IDF rows, sklearn's brute-force cosine ``NearestNeighbors`` queried block by block in chunks
+of ``working_memory``).  Each N runs in a fresh process; printed: distinct captions, seconds,
+peak RSS, and the memory of the published all-pairs similarity matrix (float32, N x N).
 
     python benchmarks/misalign_tfidf.py [--sizes 10000 30000 100000]
 """
@@ -36,7 +36,7 @@ def one(n: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"captions": n, "distinct": int(len(texts)), "changed": int(len(chosen)),
             "seconds": seconds, "peak_rss_mb": peak / 1024,
-            "rss_before_mb": before / 1024, "all_pairs_gb": 4 * len(texts) ** 2 / 1e9}
+            "rss_before_mb": before / 1024, "all_pairs_gb": 4 * n ** 2 / 1e9}
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
-"""Caption misalignment (study 004): a fraction Cs of the training captions replaced by a
-TF-IDF-similar partner, and the two projection layers fine-tuned on the result.
+"""Caption misalignment (study 004): a fraction Cs of the training captions swapped in pairs
+with TF-IDF-similar ones, and the two projection layers fine-tuned on the result.
 
 Partners are found with sklearn's ``TfidfVectorizer`` and ``NearestNeighbors`` (cosine, brute
 force), which compute distances in chunks of ``sklearn.get_config()["working_memory"]`` (1 GiB
-by default): memory grows with the number of distinct captions, never with its square (the
-published script builds the all-pairs similarity matrix, about 40 GB on CC3M).
+by default) and only for the rows visited: memory grows with N, never with N² (the published
+script fills the all-pairs similarity matrix, 4 N² bytes).
 
 Fine-tuning runs on features computed once: with the towers frozen, what enters each
 projection does not change, so each step is two matrix products on cached rows.
@@ -19,37 +19,58 @@ import torch
 import torch.nn.functional as F
 
 
-def caption_partners(texts: Sequence[str], queries: np.ndarray) -> np.ndarray:
-    """For each index in ``queries`` into the distinct ``texts``, the index of the most
-    TF-IDF-similar other text (cosine of the TF-IDF rows; ties by index)."""
+def tfidf_rows(texts: Sequence[str]):
+    """TF-IDF rows of ``texts`` (sparse [N, V], unit L2 norm) as the published script builds
+    them: English stop words out, words and word pairs, at most 5,000 terms."""
     from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(stop_words="english", ngram_range=(1, 2),
+                           max_features=5000).fit_transform(list(texts))
+
+
+def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, seed: int,
+             top_k: int = 10, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(new caption index [N], the rows whose caption moved): rows are visited in a random
+    order (``seed``); an unpaired row swaps captions with one of its ``top_k`` most
+    TF-IDF-similar unpaired rows, drawn at random, until ``fraction`` N rows are paired (each
+    swap pairs two).  ``caption_index`` [N] points into the distinct ``texts``.
+
+    Neighbours come from sklearn's brute-force cosine ``NearestNeighbors`` queried ``block``
+    rows at a time, ``top_k + 32`` each (paired rows among them are skipped; a row left with
+    no candidate stays unpaired): memory is bounded by ``working_memory``, never N².  Cs =
+    ``fraction`` in [0, 1]."""
     from sklearn.neighbors import NearestNeighbors
 
-    if len(texts) < 2:
-        raise ValueError("misalignment needs at least two distinct captions")
-    vec = TfidfVectorizer().fit_transform(texts)
-    nn = NearestNeighbors(n_neighbors=2, metric="cosine", algorithm="brute").fit(vec)
-    queries = np.asarray(queries, dtype=np.int64)
-    _, idx = nn.kneighbors(vec[queries])
-    return np.where(idx[:, 0] == queries, idx[:, 1], idx[:, 0])
-
-
-def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, seed: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(new caption index [N], the rows changed): ``round(fraction N)`` rows drawn with
-    ``seed`` take the caption most TF-IDF-similar to theirs among the other distinct
-    ``texts`` (``caption_index`` [N] points into ``texts``).  Cs = ``fraction`` in [0, 1]."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"misalignment fraction Cs = {fraction} is outside [0, 1]")
     idx = np.asarray(caption_index, dtype=np.int64)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(idx), int(round(fraction * len(idx))),
-                                                        replace=False))
-    out = idx.copy()
-    if len(chosen):
-        own = np.unique(idx[chosen])
-        partner = dict(zip(own.tolist(), caption_partners(texts, own).tolist()))
-        out[chosen] = [partner[c] for c in idx[chosen].tolist()]
-    return out, chosen
+    n, target = len(idx), int(fraction * len(idx))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    perm, used, paired = np.arange(n), np.zeros(n, dtype=bool), 0
+    if target >= 2:
+        rows = tfidf_rows([texts[i] for i in idx])
+        nn = NearestNeighbors(n_neighbors=min(n, top_k + 33), metric="cosine",
+                              algorithm="brute").fit(rows)
+        for a in range(0, n, block):
+            if paired >= target:
+                break
+            sources = order[a:a + block]
+            _, near = nn.kneighbors(rows[sources])
+            for s, cands in zip(sources, near):
+                if paired >= target:
+                    break
+                if used[s]:
+                    continue
+                cands = [j for j in cands if j != s and not used[j]][:top_k]
+                if not cands:
+                    continue
+                t = cands[rng.integers(len(cands))]
+                perm[s], perm[t] = perm[t], perm[s]
+                used[s] = used[t] = True
+                paired += 2
+    new = idx[perm]
+    return new, np.flatnonzero(new != idx)
 
 
 def random_projection(d_in: int, d_out: int, seed: int) -> torch.Tensor:
