@@ -28,6 +28,8 @@ class TextSpanSettings(Section):
     replace_n_texts: tuple[int, ...]
     pc_mass: float
     pc_texts: int
+    pc_reconstruction: str
+    rank_rtol: float
 
 
 @dataclass(frozen=True)

@@ -98,12 +98,15 @@ def run_textspan(*, spec: str, cfg: Mapping[str, Any], fit: str, texts: str, out
                  for r, (t, sc, e) in enumerate(zip(entry["texts"], res.variance, res.explained))]
         lines += head_report(f"L{layer}.H{h}", entry, cfg.pc_mass)
     chosen = [len(h["texts"]) for h in out_heads]
+    at_rank = sum(bool(h["stopped_at_text_rank"]) for h in out_heads)
     most = min(cfg.n_texts, len(texts), D, D if nc is None else nc)
     if chosen and max(chosen) < cfg.n_texts:
         cap = (f"heads.textspan.n_texts = {cfg.n_texts} asked, {min(chosen)}..{max(chosen)} "
                f"texts chosen per head: TextSpan picks at most min({len(texts)} candidate "
                f"texts, embedding dim {D}, n_components {nc}) = {most} directions, and stops "
-               "when the texts left span none of the head's remaining variance")
+               f"when the texts left span no direction (the text set's numerical rank, "
+               f"rank_rtol {cfg.rank_rtol:g}: {at_rank} heads stopped there) or none of the "
+               f"head's remaining variance")
         log.warning("%s: %s", spec, cap)
         lines.insert(1, f"({cap})\n")
     result = {"model": spec, "dataset": prov.get("dataset"), "split": prov.get("split"),

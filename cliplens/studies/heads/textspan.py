@@ -20,13 +20,20 @@ TextSpan (Gandelsman et al., ICLR 2024), per head:
 
 The chosen directions are orthogonal by construction (Gram-Schmidt on the chosen texts), so the
 reconstruction ``mean(C) + sum_j C r_j r_j^T / |r_j|^2`` is the projection of ``C`` onto their
-span, and ``n_texts >= rank`` recovers ``C`` exactly.
+span, and ``n_texts >= rank`` recovers ``C`` exactly.  TextSpan stops early once no remaining
+text direction is longer than ``rtol`` times the largest singular value of the (projected) text
+set: past the text set's numerical rank every score is rounding noise, and the published code
+would go on choosing texts by it.
 
 PC-based explanations (``svd_data_approx`` of the published code): centre ``C`` and the texts,
 take the SVD ``C = U S V^T``, keep the smallest rank r whose singular values reach ``mass``
 (99 %) of their sum, and label each kept component by the texts with the largest and smallest
-projection on it.  Its reconstruction is the rank-r PCA truncation of ``C`` (plus the mean)
-whatever the labels are, which :func:`pc_explanations` returns as such.
+projection on it.  The published reconstruction goes through the span of the r top-1 texts in
+the components' coordinates, ``P`` [r, r] (row i: the top text of component i, centred, times
+``V_r^T``): ``mean + X V_r^T P^T (P P^T)^+ P V_r``.  It is the rank-r truncation
+``mean + X V_r^T V_r`` only when the r labels are distinct and independent; when a text tops
+several components, P loses rank and the reconstruction keeps less.  Both are computed; the
+published one is the default.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ class TextSpanResult:
     head's total variance that the reconstruction explains after each pick; ``reconstruction``
     [N, D] the head's reconstruction from the chosen texts (mean included); ``basis`` [m, D]
     the orthonormal directions picked (each chosen text after projection and deflation,
-    normalised) and ``mean`` [D] the head's mean over the fitted images."""
+    normalised) and ``mean`` [D] the head's mean over the fitted images; ``rank_stop`` whether
+    it stopped because the text set had no direction left (fewer picks than asked)."""
 
     indices: np.ndarray
     variance: np.ndarray
@@ -58,6 +66,7 @@ class TextSpanResult:
     scoring: str
     basis: np.ndarray | None = None
     mean: np.ndarray | None = None
+    rank_stop: bool = False
 
     def texts(self, names: Sequence[str]) -> list[str]:
         return [names[i] for i in self.indices]
@@ -79,12 +88,14 @@ def project_on_basis(C: np.ndarray, basis: np.ndarray, mean: np.ndarray,
 
 
 def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int | None = 80,
-             scoring: str = "variance") -> TextSpanResult:
+             scoring: str = "variance", rtol: float = 1e-7) -> TextSpanResult:
     """TextSpan of one head (see the module docstring).
 
     ``C`` [N, D] the head's direct effects, ``R`` [M, D] text embeddings; ``n_components``: rank
     of the span the texts are first projected on (None = no projection); ``scoring``: variance
-    (published) or normalized.  Computes in float64."""
+    (published) or normalized; ``rtol``: stop once every remaining text direction is shorter
+    than ``rtol`` sigma_1(R) (after the projection; float32 text embeddings resolve about 1e-7).
+    Computes in float64; the result's ``rank_stop`` says whether it stopped there."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     C = np.asarray(C, dtype=np.float64)
@@ -101,9 +112,15 @@ def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int 
     total = float((X ** 2).sum())
     recon = np.zeros_like(X)
     R = R.copy()
+    floor = rtol * (float(np.linalg.norm(R, 2)) if R.size else 0.0)
     picked, scores, explained, basis = [], [], [], []
     available = np.ones(len(R), dtype=bool)
+    rank_stop = False
     for _ in range(n_texts):
+        left = np.sqrt((R[available] ** 2).sum(1)).max() if available.any() else 0.0
+        if left <= floor:  # the text set has no direction left: scores would be rounding noise
+            rank_stop = True
+            break
         P = X @ R.T                                   # [N, M]
         var = P.var(0)
         if scoring == "normalized":
@@ -127,14 +144,20 @@ def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int 
     return TextSpanResult(np.asarray(picked, dtype=np.int64), np.asarray(scores),
                           np.asarray(explained), recon + mean,
                           -1 if n_components is None else int(n_components), scoring,
-                          np.asarray(basis).reshape(len(basis), C.shape[1]), mean)
+                          np.asarray(basis).reshape(len(basis), C.shape[1]), mean, rank_stop)
+
+
+RECONSTRUCTIONS = ("published", "truncation")
 
 
 @dataclass
 class PCExplanation:
     """``rank`` principal components reaching ``mass`` of the singular-value sum; for each,
     ``top``/``bottom`` [rank, k] text indices with the largest / smallest projection, and
-    ``singular_values`` [rank]; ``reconstruction`` [N, D] = mean + rank-r PCA truncation."""
+    ``singular_values`` [rank]; ``reconstruction`` [N, D] as ``method`` asked (see
+    :func:`pc_explanations`), ``explained`` its share of the centred variance, and both
+    methods' shares side by side; ``distinct_labels`` the distinct top-1 texts and
+    ``label_rank`` the rank of their span in the components' coordinates."""
 
     rank: int
     singular_values: np.ndarray
@@ -143,14 +166,45 @@ class PCExplanation:
     bottom: np.ndarray
     reconstruction: np.ndarray
     explained: float = field(default=0.0)
+    method: str = "published"
+    explained_published: float = 0.0
+    explained_truncation: float = 0.0
+    distinct_labels: int = 0
+    label_rank: int = 0
 
 
-def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5
-                    ) -> PCExplanation:
+def _explained(X: np.ndarray, Y: np.ndarray) -> float:
+    """``1 - |X - Y|^2 / |X|^2`` (1 for a zero X)."""
+    total = float((X ** 2).sum())
+    return 1.0 - float(((X - Y) ** 2).sum()) / total if total > 0 else 1.0
+
+
+def row_space_projector(P: np.ndarray, rtol: float | None = None) -> tuple[np.ndarray, int]:
+    """(``P^T (P P^T)^+ P`` [r, r], the rank of ``P`` [m, r]): the orthogonal projector onto
+    the span of P's rows, from P's SVD with singular values below ``rtol`` sigma_1 (default
+    ``max(P.shape)`` machine epsilons, as ``pinv``) counted as zero."""
+    if P.size == 0:
+        return np.zeros((P.shape[1], P.shape[1])), 0
+    _, sv, vt = np.linalg.svd(P, full_matrices=False)
+    tol = (max(P.shape) * np.finfo(P.dtype).eps if rtol is None else rtol) * sv[0]
+    k = int((sv > tol).sum())
+    return vt[:k].T @ vt[:k], k
+
+
+def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5,
+                    reconstruction: str = "published") -> PCExplanation:
     """PC-based explanation of one head (``svd_data_approx``): centre ``C`` [N, D] and ``R``
-    [M, D], SVD of ``C``, keep the smallest r with ``cumsum(s)[r-1] >= mass * sum(s)``; label
-    component i by the ``k`` texts with the largest and smallest ``(R - mean R) v_i``.
-    ``explained`` is the share of the centred variance kept (``sum s_i^2, i < r / sum s^2``)."""
+    [M, D], SVD ``X = C - mean = U S V^T``, keep the smallest r with
+    ``cumsum(s)[r-1] >= mass * sum(s)``; label component i by the ``k`` texts with the largest
+    and smallest ``(R - mean R) v_i``.
+
+    ``reconstruction="published"``: ``mean + X V_r^T Pi V_r`` with Pi the projector onto the
+    span of the rows of ``P = (R - mean R)[top-1 of each component] V_r^T`` [r, r]
+    (:func:`row_space_projector`); ``"truncation"``: ``mean + X V_r^T V_r``, the rank-r PCA
+    truncation.  They agree when the r top-1 texts are distinct and independent."""
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got "
+                         f"{reconstruction!r}")
     C = np.asarray(C, dtype=np.float64)
     R = np.asarray(R, dtype=np.float64)
     mean = C.mean(0)
@@ -163,13 +217,20 @@ def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5
         r = min(r, len(s))
     V = vt[:r]
     proj = (R - R.mean(0)) @ V.T                      # [M, r]
-    order = np.argsort(-proj, axis=0)                 # descending per component
+    order = np.argsort(-proj, axis=0, kind="stable")  # descending per component
     k = min(k, len(R))
     top = order[:k].T
-    bottom = order[::-1][:k].T
-    recon = (U[:, :r] * s[:r]) @ V + mean
-    explained = float((s[:r] ** 2).sum() / (s ** 2).sum()) if s.sum() > 0 else 1.0
-    return PCExplanation(r, s[:r], V, top, bottom, recon, explained)
+    bottom = np.argsort(proj, axis=0, kind="stable")[:k].T
+    coords = X @ V.T                                  # [N, r]
+    truncation = coords @ V
+    Pi, label_rank = row_space_projector(proj[top[:, 0]] if r else np.zeros((0, 0)))
+    published = coords @ Pi @ V if r else np.zeros_like(X)
+    ex_pub, ex_trunc = _explained(X, published), _explained(X, truncation)
+    chosen = published if reconstruction == "published" else truncation
+    return PCExplanation(r, s[:r], V, top, bottom, chosen + mean,
+                         ex_pub if reconstruction == "published" else ex_trunc, reconstruction,
+                         ex_pub, ex_trunc, int(len(set(top[:, 0].tolist()))) if r else 0,
+                         label_rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,13 +284,17 @@ def explain_head(C: np.ndarray, R: np.ndarray, names: Sequence[str], cfg,
     ``heads.textspan`` settings ``cfg``.  Returns (summary: ``texts``, ``scores``,
     ``explained``, ``variance`` -- the mean squared norm of the centred effects -- and ``pcs``
     with the first 5 components' top/bottom texts; the TextSpan result)."""
-    res = textspan(C, R, cfg.n_texts, n_components, cfg.scoring)
-    pc = pc_explanations(C, R, cfg.pc_mass, cfg.pc_texts)
+    res = textspan(C, R, cfg.n_texts, n_components, cfg.scoring, cfg.rank_rtol)
+    pc = pc_explanations(C, R, cfg.pc_mass, cfg.pc_texts, cfg.pc_reconstruction)
     entry = {
         "texts": res.texts(names), "scores": res.variance.tolist(),
-        "explained": res.explained.tolist(),
+        "explained": res.explained.tolist(), "meaningful_texts": len(res.indices),
+        "stopped_at_text_rank": bool(res.rank_stop),
         "variance": float(((C - C.mean(0)) ** 2).sum(1).mean()),
-        "pcs": {"rank": pc.rank, "explained": pc.explained,
+        "pcs": {"rank": pc.rank, "explained": pc.explained, "reconstruction": pc.method,
+                "explained_published": pc.explained_published,
+                "explained_truncation": pc.explained_truncation,
+                "distinct_labels": pc.distinct_labels, "label_rank": pc.label_rank,
                 "components": [{"singular_value": float(pc.singular_values[j]),
                                 "top": [names[k] for k in pc.top[j]],
                                 "bottom": [names[k] for k in pc.bottom[j]]}
@@ -242,13 +307,19 @@ def head_report(label: str, entry: dict, pc_mass: float) -> list[str]:
     """Readable lines of one head's :func:`explain_head` summary."""
     chosen = entry["texts"]
     lines = [f"{label}  (direct-effect variance {entry['variance']:.4g}; "
-             f"{len(chosen)} texts explain {100 * entry['explained'][-1]:.1f} %)"
+             f"{len(chosen)} texts explain {100 * entry['explained'][-1]:.1f} %"
+             + ("; the text set has no direction left after these" if
+                entry.get("stopped_at_text_rank") else "") + ")"
              if len(chosen) else f"{label}  (no text chosen)"]
     for r, (t, s, e) in enumerate(zip(chosen, entry["scores"], entry["explained"])):
         lines.append(f"    {r + 1:2d}. {t:<40s} score {s:.4g}  cumulative {100 * e:5.1f} %")
+    pcs = entry["pcs"]
     lines.append(f"    PCs reaching {100 * pc_mass:.0f} % of the singular values: "
-                 f"{entry['pcs']['rank']} (explain {100 * entry['pcs']['explained']:.1f} % of "
-                 "the variance)")
+                 f"{pcs['rank']}, {pcs.get('distinct_labels', pcs['rank'])} distinct top texts; "
+                 f"reconstruction through their span (published) explains "
+                 f"{100 * pcs.get('explained_published', pcs['explained']):.1f} % of the "
+                 f"variance, the rank-{pcs['rank']} truncation "
+                 f"{100 * pcs.get('explained_truncation', pcs['explained']):.1f} %")
     for j, comp in enumerate(entry["pcs"]["components"][:3]):
         lines.append(f"      PC{j + 1}: + {', '.join(comp['top'][:3])} | "
                      f"- {', '.join(comp['bottom'][:3])}")

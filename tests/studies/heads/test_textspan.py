@@ -146,8 +146,66 @@ def test_explain_head_summarises_textspan_and_the_pcs_and_reports_them():
     lines = ts.head_report("L3.H1", entry, cfg.pc_mass)
     assert lines[0].startswith("L3.H1") and "2 texts explain 100.0 %" in lines[0]
     assert "text 4" in lines[1] and "text 11" in lines[2]
-    assert "99 %" in lines[3] and ": 2 (" in lines[3]
+    assert "99 %" in lines[3] and ": 2, 2 distinct top texts" in lines[3]
     assert lines[-1] == "" and [x.split(":")[0].strip() for x in lines[4:-1]] == ["PC1", "PC2"]
     # a head no text was chosen for says so
     empty = dict(entry, texts=[], scores=[], explained=[])
     assert ts.head_report("L0.H0", empty, 0.99)[0] == "L0.H0  (no text chosen)"
+
+
+# A small fixed case and the picks of the published TextSpan on it, computed once (float32 and
+# float64 agree) by a direct implementation of its definition: texts projected on the top
+# right singular vectors of the uncentred head, head centred, argmax of the projections'
+# standard deviation, both deflated.  With the span cut to 2 components the published loop
+# picks a third text among scores of rounding noise: 6 in float64, 0 in float32.
+PIN_C = np.array([[3, 1, 0, 2], [1, -2, 1, 0], [-2, 0, 3, 1], [0, 2, -1, -3], [2, 2, 2, 0],
+                  [-1, 1, 0, 2], [1, -1, -2, 1]], dtype=float)
+PIN_R = np.array([[1, 0, 1, 0], [0, 1, 0, -1], [1, 1, 0, 0], [0, 0, 1, 1], [2, -1, 0, 1],
+                  [-1, 0, 2, 0], [1, 1, 1, 1], [0, 2, 1, 0]], dtype=float)
+PUBLISHED_PICKS = {4: [4, 5, 7, 1], 2: [5, 4]}
+
+
+@pytest.mark.parametrize("rank", [4, 2])
+def test_textspan_picks_what_the_published_algorithm_picks(rank):
+    res = ts.textspan(PIN_C, PIN_R, n_texts=4, n_components=rank)
+    assert res.indices.tolist() == PUBLISHED_PICKS[rank]
+    assert res.rank_stop == (rank == 2)  # the projected text set spans 2 directions
+
+
+def test_textspan_stops_at_the_text_sets_rank():
+    rng = np.random.default_rng(5)
+    D, k = 24, 5
+    R = rng.normal(size=(40, k)) @ rng.normal(size=(k, D))  # 40 texts spanning 5 directions
+    C = rng.normal(size=(300, D))  # the head varies in every direction
+    res = ts.textspan(C, R, n_texts=12, n_components=None)
+    assert len(res.indices) == k and res.rank_stop
+    Q, _ = np.linalg.qr(R.T)  # the texts' span, [D, k]
+    X = C - C.mean(0)
+    np.testing.assert_allclose(res.reconstruction, X @ Q[:, :k] @ Q[:, :k].T + C.mean(0),
+                               atol=1e-8)
+    assert not ts.textspan(C, R, n_texts=4, n_components=None).rank_stop  # asked for fewer
+
+
+def test_pc_reconstruction_as_published_when_a_text_tops_two_components():
+    """Centred head X = U diag(3, 2, 1) (V = I up to signs); the centred texts' top-1 on
+    components 1 and 2 is the same text (1, 1, 0), on component 3 the text (0, 0, 1).  The
+    published reconstruction projects on their span: by hand, a row (x1, x2, x3) becomes
+    ((x1 + x2)/2, (x1 + x2)/2, x3), explaining 1 - 6.5/14 of the variance; the truncation
+    keeps everything."""
+    rng = np.random.default_rng(6)
+    U, _ = np.linalg.qr(rng.normal(size=(8, 3)))
+    U -= U.mean(0)  # centred columns keep X centred ...
+    U, _ = np.linalg.qr(U)  # ... and orthonormal
+    X = U * [3.0, 2.0, 1.0]
+    mean = np.array([0.5, -1.0, 2.0])
+    R = np.array([[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+    pc = ts.pc_explanations(X + mean, R, mass=1.0, k=1)
+    assert pc.rank == 3 and pc.distinct_labels == 2 and pc.label_rank == 2
+    by_hand = np.c_[(X[:, 0] + X[:, 1]) / 2, (X[:, 0] + X[:, 1]) / 2, X[:, 2]] + mean
+    np.testing.assert_allclose(pc.reconstruction, by_hand, atol=1e-10)
+    assert pc.explained == pytest.approx(1 - 6.5 / 14) == pc.explained_published
+    assert pc.explained_truncation == pytest.approx(1.0)
+    trunc = ts.pc_explanations(X + mean, R, mass=1.0, k=1, reconstruction="truncation")
+    np.testing.assert_allclose(trunc.reconstruction, X + mean, atol=1e-10)
+    with pytest.raises(ValueError, match="reconstruction"):
+        ts.pc_explanations(X, R, reconstruction="pca")
