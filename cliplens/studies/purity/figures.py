@@ -61,7 +61,7 @@ def plot_pruning(sweep: pd.DataFrame, out_path) -> None:
                             ha="center")
             ax.set_title(f"{m}: scored on the {by} projection", fontsize=8)
             ax.set_xlabel("embedding dimensions kept (k)")
-            ax.set_ylabel("zero-shot accuracy (%), mean of tasks")
+            ax.set_ylabel("accuracy (%), mean of tasks")
     axes[0, 0].legend(fontsize=6, loc="lower right")
     fig.suptitle("Pruning by purity: numbers are the pure-minus-impure gap (points)", fontsize=9)
     fig.tight_layout()
