@@ -69,6 +69,18 @@ def _path(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<top level>"
 
 
+#: keys whose bad value is never echoed in an error (it may be a secret given by mistake)
+SECRET_NAMES = ("key_env",)
+
+
+def _message(error) -> str:
+    """The schema error's message; for a key of :data:`SECRET_NAMES` without the value."""
+    if error.absolute_path and error.absolute_path[-1] in SECRET_NAMES:
+        return ("must be the NAME of an environment variable (letters, digits, _) that holds "
+                "the key, not the key itself; the value given is not shown")
+    return error.message
+
+
 def validate_config(config: dict, schema: Mapping | None = None) -> dict:
     """Fill defaults into ``config`` (in place) and validate it; return it.
 
@@ -79,7 +91,7 @@ def validate_config(config: dict, schema: Mapping | None = None) -> dict:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  {_path(e)}: {e.message}" for e in errors]
+        lines = [f"  {_path(e)}: {_message(e)}" for e in errors]
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     return config
 

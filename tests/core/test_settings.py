@@ -223,3 +223,16 @@ def test_a_results_folder_nobody_may_write_fails(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(ConfigError, match=rf"results: {locked} is not writable"):
         st.load_settings(deep_merge(config("configs/test.yaml"), {"results": str(locked / "r")}))
+
+
+def test_a_key_given_where_its_variable_name_belongs_is_not_echoed():
+    cfg = config()
+    cfg["sae"] = {"interpret": {"endpoint": {"key_env": "sk-live-1234567890"}}}
+    with pytest.raises(ConfigError) as e:
+        st.load_settings(cfg)
+    assert "sae.interpret.endpoint.key_env" in str(e.value)
+    assert "sk-live" not in str(e.value)
+    cfg = config()
+    cfg["sae"] = {"interpret": {"endpoint": {"base_url": "https://me:pw@host/v1"}}}
+    with pytest.raises(ConfigError, match="must not carry a user"):
+        st.load_settings(cfg)

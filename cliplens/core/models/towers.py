@@ -495,6 +495,7 @@ def projections_removed(model) -> Iterator[None]:
         raise NotImplementedError(f"{model.spec}: features before the projections are read "
                                   f"from open_clip ViT CLIPs and transformers CLIPModel only")
     saved = [getattr(o, name) for o, name in owners]
+    orders = [list(o._parameters) for o, _ in owners]
     try:
         for o, name in owners:
             if isinstance(o, torch.nn.Module) and name in o._parameters:
@@ -502,10 +503,12 @@ def projections_removed(model) -> Iterator[None]:
             setattr(o, name, replacement)
         yield
     finally:
-        for (o, name), value in zip(owners, saved):
+        for (o, name), value, order in zip(owners, saved, orders):
             if isinstance(value, torch.nn.Parameter):
                 o._parameters.pop(name, None)
                 o.__dict__.pop(name, None)
                 o.register_parameter(name, value)
+                params = o._parameters  # back in its place: parameters() keeps its order
+                o._parameters = type(params)((k, params[k]) for k in order if k in params)
             else:
                 setattr(o, name, value)

@@ -116,13 +116,26 @@ class SaeInterpret(Section):
     random_images: int
 
     def check(self, where: str) -> None:
-        """An endpoint interpreter needs the endpoint's base_url and model."""
+        """An endpoint interpreter needs the endpoint's base_url and model; a base_url is a
+        plain http(s) URL (no credentials in it)."""
         super().check(where)
+        bad = []
         if self.interpreter == "endpoint":
-            missing = [k for k in ("base_url", "model") if not getattr(self.endpoint, k)]
-            if missing:
-                raise ConfigError("invalid config:\n" + "\n".join(
-                    f"  {where}.endpoint.{k}: needed by interpreter: endpoint" for k in missing))
+            bad += [f"  {where}.endpoint.{k}: needed by interpreter: endpoint"
+                    for k in ("base_url", "model") if not getattr(self.endpoint, k)]
+        url = self.endpoint.base_url
+        if url:
+            from urllib.parse import urlsplit
+
+            u = urlsplit(url)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                bad.append(f"  {where}.endpoint.base_url: not an http(s) URL")
+            elif u.username or u.password or u.query or u.fragment:
+                bad.append(f"  {where}.endpoint.base_url: must not carry a user, password, "
+                           f"query or fragment (the URL is written to logs); the key goes in "
+                           f"the variable named by key_env")
+        if bad:
+            raise ConfigError("invalid config:\n" + "\n".join(bad))
 
 
 @dataclass(frozen=True)

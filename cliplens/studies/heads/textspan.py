@@ -126,7 +126,8 @@ def textspan(C: np.ndarray, R: np.ndarray, n_texts: int = 10, n_components: int 
         if scoring == "normalized":
             norms2 = (R ** 2).sum(1)
             var = np.where(norms2 > 1e-24, var / np.maximum(norms2, 1e-300), 0.0)
-        var = np.where(available, var, -np.inf)
+        long_enough = (R ** 2).sum(1) > floor ** 2
+        var = np.where(available & long_enough, var, -np.inf)
         j = int(np.argmax(var))
         r = R[j]
         rr = float(r @ r)

@@ -32,12 +32,13 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
              top_k: int = 10, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(new caption index [N], the rows whose caption moved): rows are visited in a random
     order (``seed``); an unpaired row swaps captions with one of its ``top_k`` most
-    TF-IDF-similar unpaired rows, drawn at random, until ``fraction`` N rows are paired (each
-    swap pairs two).  ``caption_index`` [N] points into the distinct ``texts``.
+    TF-IDF-similar unpaired rows whose caption differs from its own, drawn at random, until
+    ``fraction`` N rows are paired (each swap pairs two, and changes both captions).
+    ``caption_index`` [N] points into the distinct ``texts``.
 
     Neighbours come from sklearn's brute-force cosine ``NearestNeighbors`` queried ``block``
-    rows at a time, ``top_k + 32`` each (paired rows among them are skipped; a row left with
-    no candidate stays unpaired): memory is bounded by ``working_memory``, never N².  Cs =
+    rows at a time, ``top_k + 64`` each (paired rows and rows with the same caption are
+    skipped; a row left with no candidate stays unpaired): memory is bounded by ``working_memory``, never N².  Cs =
     ``fraction`` in [0, 1]."""
     from sklearn.neighbors import NearestNeighbors
 
@@ -50,7 +51,7 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
     perm, used, paired = np.arange(n), np.zeros(n, dtype=bool), 0
     if target >= 2:
         rows = tfidf_rows([texts[i] for i in idx])
-        nn = NearestNeighbors(n_neighbors=min(n, top_k + 33), metric="cosine",
+        nn = NearestNeighbors(n_neighbors=min(n, top_k + 64), metric="cosine",
                               algorithm="brute").fit(rows)
         for a in range(0, n, block):
             if paired >= target:
@@ -62,7 +63,7 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
                     break
                 if used[s]:
                     continue
-                cands = [j for j in cands if j != s and not used[j]][:top_k]
+                cands = [j for j in cands if not used[j] and idx[j] != idx[s]][:top_k]
                 if not cands:
                     continue
                 t = cands[rng.integers(len(cands))]

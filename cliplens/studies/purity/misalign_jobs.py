@@ -103,8 +103,10 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     out = Path(out_json)
     ckpt = out.with_suffix(".ckpt") / "last.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
+    from ...core.io import sha256_file
+
     fp = fingerprint({"model": spec, "fraction": fraction, "seed": seed, "init": init,
-                      "train": dict(train), "features": int(f["image"].shape[0])})
+                      "train": dict(train), "features": sha256_file(features)})
     p_i, p_t, loop = finetune_projections(
         f["image"], f["text"], index, f["w_image"], f["w_text"], float(f["scale"]),
         steps=int(train["steps"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),

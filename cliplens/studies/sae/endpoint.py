@@ -89,8 +89,8 @@ def answer_text(response: Any) -> str:
     message = getattr(choices[0], "message", None)
     content = getattr(message, "content", None)
     if isinstance(content, list):  # content parts
-        content = " ".join(p.get("text", "") if isinstance(p, dict) else str(getattr(p, "text", ""))
-                           for p in content)
+        content = " ".join(str((p.get("text") if isinstance(p, dict) else getattr(p, "text", None))
+                               or "") for p in content)
     if not isinstance(content, str) or not content.strip():
         raise AnswerError("the completion's message has no text")
     return content.strip()
@@ -185,6 +185,11 @@ def ask_all(requests: Iterable[Mapping[str, Any]], ask: Callable[[Mapping[str, A
                 except EndpointError as e:
                     stop.set()
                     fatal.append(e)
+                    continue
+                except Exception as e:  # any other failure of one request: logged, asked again
+                    counts["failed"] += 1
+                    log.warning("feature %s (%s): %s: %s; asked again on the next run",
+                                req["feature"], req["language"], type(e).__name__, e)
                     continue
                 if row is not None and journal.append(row):
                     counts["written"] += 1

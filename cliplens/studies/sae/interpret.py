@@ -22,21 +22,21 @@ TEMPLATES = {
     "en": [
         r"(all|each of)?\s*(the|these|this|those)\s+(nine\s+|9\s+)?(images?|pictures?|photos?|"
         r"collage|tiles?)\s+(all\s+)?(shows?|depicts?|contains?|features?|displays?|share|"
-        r"have in common|are of|is of)\s*(that\s+)?",
-        r"(in|on)\s+(the|these|this)\s+(images?|pictures?|photos?|collage),?\s*(there\s+(is|are)\s+)?",
-        r"(they|it)\s+(all\s+)?(shows?|depicts?|contains?|features?|share)\s*",
+        r"have in common|are of|is of)\b\s*(that\s+)?",
+        r"(in|on)\s+(the|these|this)\s+(images?|pictures?|photos?|collage)\b,?\s*(there\s+(is|are)\s+)?",
+        r"(they|it)\s+(all\s+)?(shows?|depicts?|contains?|features?|share)\b\s*",
         r"(what\s+)?(they|these images)\s+have\s+in\s+common\s+is\s*",
         r"common (theme|feature|element):\s*",
     ],
     "ru": [
         r"(на|во?)\s+(этом|этих|данном|данных|всех)?\s*(девяти\s+)?(изображени[ияхе]+|картинк[аеих]+|"
-        r"фото(графи[ияхе]+)?|коллаже)\s*(все(гда)?\s+)?(показан[аоы]?|изображен[аоы]?|видн[аоы]?|"
-        r"виден|представлен[аоы]?|есть)?[:,]?\s*",
+        r"фото(графи[ияхе]+)?|коллаже)\b\s*(все(гда)?\s+)?((показан[аоы]?|изображен[аоы]?|видн[аоы]?|"
+        r"виден|представлен[аоы]?|есть)\b)?[:,]?\s*",
         r"(эти|все)\s+(девять\s+)?(изображения|картинки|фото(графии)?)\s+(показывают|изображают|"
-        r"объединяет|объединяют)\s*",
-        r"(это|этот коллаж|изображение)\s+(показывает|изображает)\s*",
-        r"(общее|общим)\s*(у них|для них|у этих изображений)?\s*(—|-|:|это)?\s*",
-        r"(здесь|тут)\s+(показан[аоы]?|изображен[аоы]?)\s*",
+        r"объединяет|объединяют)\b\s*",
+        r"(это|этот коллаж|изображение)\s+(показывает|изображает)\b\s*",
+        r"(общее|общим)\s*(у них|для них|у этих изображений)?\s*(—|-|:|это)\s*",
+        r"(здесь|тут)\s+(показан[аоы]?|изображен[аоы]?)\b\s*",
     ],
 }
 
@@ -45,7 +45,8 @@ FLAGS = ("empty", "too_long", "language")
 
 def prompt_hash(*parts: Any) -> str:
     """The first 16 hex digits of the SHA-256 of ``parts`` as JSON: the journal's prompt key."""
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode()
+                          ).hexdigest()[:16]
 
 
 def nearest_texts(directions: np.ndarray, texts: np.ndarray, k: int = 1

@@ -90,16 +90,21 @@ def run_interpret(*, spec: str, load: Mapping[str, Any], sae_dir: str, cache: st
         extra["text_sets"] = dict(interpret["text_sets"])
     else:
         endpoint = Endpoint(**interpret["endpoint"])
-        asker = Asker(endpoint)
         prompts, name, asked_model = dict(interpret["prompts"]), endpoint.name, endpoint.model
         concurrency = endpoint.concurrency
-
-        def ask(req):
-            return asker(req["prompt"], (Path(collage_dir) / f"{req['feature']}.png").read_bytes())
+        ask = None  # the client (and the key) only when something is left to ask
 
     requests = requests_for(features, languages, prompts, asked_model, name, extra)
     with Journal(Path(sae_dir) / JOURNAL) as journal:
-        counts = ask_all(requests, ask, journal, concurrency, progress=progress)
+        if ask is None and journal.missing(requests):
+            asker = Asker(endpoint)
+
+            def ask(req):
+                png = (Path(collage_dir) / f"{req['feature']}.png").read_bytes()
+                return asker(req["prompt"], png)
+
+        counts = ask_all(requests, ask or (lambda req: None), journal, concurrency,
+                         progress=progress)
         answers = [journal.rows.get(row_key(r)) for r in requests]
     missing = sum(a is None for a in answers)
     log.info("%s: %d descriptions asked, %d written, %d failed, %d from earlier runs", name,
@@ -122,13 +127,15 @@ def run_interpret(*, spec: str, load: Mapping[str, Any], sae_dir: str, cache: st
             r.update(purity=float(by.at[j, "purity"]), purity_of=by.at[j, "purity_of"],
                      names_value=names_value(text, factor, value, lang) if text else False)
         rows.append(r)
-    out = pd.DataFrame(rows)
+    columns = ["feature", "language", "interpreter", "model", "firing_rate", "raw", "text",
+               "flags"]
+    out = pd.DataFrame(rows, columns=list(dict.fromkeys([*columns, *(rows[0] if rows else [])])))
     out["duplicate_of"] = None
     for lang, t in out.groupby("language"):
         out.loc[t.index, "duplicate_of"] = pd.Series(duplicates(t["feature"], t["text"]),
                                                      index=t.index, dtype=object)
     texts = out["text"].tolist()
-    emb = embed_texts(model, [t or " " for t in texts])
+    emb = embed_texts(model, [t or " " for t in texts]) if texts else np.zeros((0, 0))
     auc = []
     for i, j in enumerate(out["feature"]):
         pos = [int(v) - start for v in str(by.at[j, "top_rows"]).split(";") if v]

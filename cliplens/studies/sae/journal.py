@@ -52,7 +52,8 @@ class Journal:
                 fh.truncate(end)
                 fh.flush()
                 os.fsync(fh.fileno())
-        for i, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+        for i, raw in enumerate(data[:end].split(b"\n"), 1):
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
@@ -76,7 +77,7 @@ class Journal:
     def append(self, row: Mapping[str, Any]) -> bool:
         """Write ``row`` durably unless its key has one already; whether it was written."""
         key = row_key(row)
-        line = json.dumps(dict(row), ensure_ascii=False, sort_keys=True) + "\n"
+        line = json.dumps(dict(row), ensure_ascii=True, sort_keys=True) + "\n"
         with self._lock:
             if key in self.rows:
                 return False

@@ -87,6 +87,8 @@ def _e(x: Any) -> str:
 
 
 def _num(x: Any, digits: int = 3) -> str:
+    if x is None or x == "":
+        return ""
     try:
         f = float(x)
     except (TypeError, ValueError):

@@ -213,3 +213,12 @@ def test_the_journal_drops_a_line_cut_by_a_kill_and_refuses_a_damaged_one(tmp_pa
     path.write_text('{"feature": 0}\n' + path.read_text())
     with pytest.raises(ValueError, match="line 1 is not a journal row"):
         Journal(path)
+
+
+def test_answers_with_line_separators_and_non_ascii_survive_a_reopen(tmp_path):
+    path = tmp_path / "j.jsonl"
+    odd = "красный\u2028круг\u2029 \x85 «ok»"
+    with Journal(path) as j:
+        assert j.append({**requests(1)[0], "text": odd})
+    with Journal(path) as j:
+        assert [r["text"] for r in j.rows.values()] == [odd]
