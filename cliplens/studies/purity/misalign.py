@@ -38,8 +38,8 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
 
     Neighbours come from sklearn's brute-force cosine ``NearestNeighbors`` queried ``block``
     rows at a time, ``top_k + 64`` each (paired rows and rows with the same caption are
-    skipped; a row left with no candidate stays unpaired): memory is bounded by ``working_memory``, never N².  Cs =
-    ``fraction`` in [0, 1]."""
+    skipped; a row left with no candidate stays unpaired): memory is bounded by
+    ``working_memory``, never N².  Cs = ``fraction`` in [0, 1]."""
     from sklearn.neighbors import NearestNeighbors
 
     if not 0.0 <= fraction <= 1.0:
