@@ -10,6 +10,7 @@ Retries are the client's own: exponential backoff with jitter on connection erro
 408, 409, 429 and 5xx, honouring ``Retry-After`` (``retries`` tries after the first).  An answer
 that is not an OpenAI chat completion with a text message (no choices, empty content, HTML, a
 truncated body) is an :class:`AnswerError`; its row is not written and the next run asks again.
+An answer cut at ``max_tokens`` is kept with ``finish_reason: "length"`` (flagged ``cut``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+class Answer(str):
+    """An answer's text, with the completion's ``finish_reason`` (``"length"``: cut at
+    ``max_tokens``)."""
+
+    finish_reason: str | None = None
+
+
 def answer_text(response: Any) -> str:
     """The text of the first choice of a chat completion; :class:`AnswerError` otherwise."""
     choices = getattr(response, "choices", None)
@@ -132,9 +140,11 @@ class Asker:
             raise AnswerError(self._say(f"not an OpenAI answer: {type(e).__name__}: {e}")
                               ) from None
         try:
-            return answer_text(response)
+            answer = Answer(answer_text(response))
         except AnswerError as e:
             raise AnswerError(self._say(str(e))) from None
+        answer.finish_reason = getattr(response.choices[0], "finish_reason", None)
+        return answer
 
     def _say(self, text: str) -> str:
         return redact(text, self._key)
@@ -158,7 +168,11 @@ def ask_all(requests: Iterable[Mapping[str, Any]], ask: Callable[[Mapping[str, A
     def one(req):
         if stop.is_set():
             return None
-        return {**req, "text": ask(req)}
+        answer = ask(req)
+        row = {**req, "text": str(answer)}
+        if getattr(answer, "finish_reason", None):
+            row["finish_reason"] = answer.finish_reason
+        return row
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         pending: dict = {}  # future -> its request

@@ -40,7 +40,7 @@ TEMPLATES = {
     ],
 }
 
-FLAGS = ("empty", "too_long", "language")
+FLAGS = ("empty", "too_long", "language", "cut")
 
 
 def prompt_hash(*parts: Any) -> str:
@@ -97,7 +97,8 @@ def cyrillic_share(text: str) -> float:
 
 
 def quality_flags(text: str, language: str, max_chars: int) -> list[str]:
-    """Of :data:`FLAGS`: ``empty`` (nothing left after cleaning), ``too_long`` (more than
+    """Of :data:`FLAGS` (``cut``, an answer stopped at ``max_tokens``, is added by the job):
+    ``empty`` (nothing left after cleaning), ``too_long`` (more than
     ``max_chars`` characters), ``language`` (Russian with under half its letters Cyrillic, or
     English with over a fifth)."""
     if not text.strip():

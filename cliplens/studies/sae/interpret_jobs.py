@@ -121,7 +121,9 @@ def run_interpret(*, spec: str, load: Mapping[str, Any], sae_dir: str, cache: st
         text = clean(a["text"], lang)
         r = {"feature": j, "language": lang, "interpreter": a["interpreter"],
              "model": a["model"], "firing_rate": float(by.at[j, "firing_rate"]), "raw": a["text"],
-             "text": text, "flags": ";".join(quality_flags(text, lang, interpret["max_chars"]))}
+             "text": text, "flags": ";".join(quality_flags(text, lang, interpret["max_chars"])
+                                             + (["cut"] if a.get("finish_reason") == "length"
+                                                else []))}
         if "purity_of" in by.columns and by.at[j, "purity_of"]:
             factor, _, value = str(by.at[j, "purity_of"]).partition("=")
             r.update(purity=float(by.at[j, "purity"]), purity_of=by.at[j, "purity_of"],

@@ -159,8 +159,8 @@ def _section(s: Mapping[str, Any]) -> str:
         f"{_e(lang)}: median detection AUC {_num(st.get('auc_median'), 2)}"
         + (f", names the shared factor value in {100 * st['names_value']:.0f} %"
            if st.get("names_value") is not None else "")
-        + f", {st['duplicates']} duplicates, {st['empty'] + st['too_long'] + st['language']} "
-          f"flagged"
+        + f", {st['duplicates']} duplicates, "
+          f"{sum(st.get(f, 0) for f in ('empty', 'too_long', 'language', 'cut'))} flagged"
         for lang, st in summary["stats"].items())
     head = ["collage", "feature", "firing"] + (["purity (toy factor)"] if toy else [])
     for lang in languages:

@@ -64,6 +64,10 @@ class Server:
                     return self.send(200, '{"hello": "world"}')
                 if what == "no-choices":
                     return self.send(200, json.dumps({**completion("x"), "choices": []}))
+                if what == "cut":
+                    body = completion("a red cir")
+                    body["choices"][0]["finish_reason"] = "length"
+                    return self.send(200, json.dumps(body))
                 if what == "html":
                     return self.send(200, "<html><body>Welcome</body></html>", {},
                                      "text/html")
@@ -222,3 +226,13 @@ def test_answers_with_line_separators_and_non_ascii_survive_a_reopen(tmp_path):
         assert j.append({**requests(1)[0], "text": odd})
     with Journal(path) as j:
         assert [r["text"] for r in j.rows.values()] == [odd]
+
+
+def test_an_answer_cut_at_max_tokens_is_kept_and_marked(tmp_path, monkeypatch):
+    with Server(["cut"]) as srv:
+        a, ask = asker(srv.url, monkeypatch)
+        with Journal(tmp_path / "j.jsonl") as journal:
+            ask_all(requests(2), ask, journal, concurrency=1, progress=False)
+            rows = sorted(journal.rows.values(), key=lambda r: r["feature"])
+    assert rows[0]["text"] == "a red cir" and rows[0]["finish_reason"] == "length"
+    assert rows[1]["finish_reason"] == "stop"
