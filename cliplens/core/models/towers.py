@@ -23,14 +23,12 @@ What a tower offers (shapes: B images, T tokens, D width, P patch tokens):
 * :meth:`VisionTower.hidden_tokens` -- the patch tokens of any hidden state (by a forward hook on
   the library's own forward, so they are exactly what the model computes);
 * projections: :meth:`VisionTower.image_projection` and :func:`text_projection`, the live
-  parameters (``[D_in, D_out]`` as the model multiplies them); :func:`projections_removed`
-  makes ``encode_image`` / ``encode_text`` return what enters them.
+  parameters (``[D_in, D_out]`` as the model multiplies them);
+  :func:`cliplens.core.models.projections.projections_removed` makes ``encode_image`` /
+  ``encode_text`` return what enters them.
 """
 
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +37,7 @@ from .blocks import (AttentionBlock, AttentionPool, layer_scale, mha_weights, re
                      split_heads)
 
 __all__ = ["HFViT", "OpenClipResNet", "OpenClipTimm", "OpenClipViT", "VisionTower",
-           "projections_removed", "text_projection", "tower_of"]
+           "text_projection", "tower_of"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,42 +471,3 @@ def text_projection(model) -> torch.Tensor:
     if head is None:
         raise NotImplementedError(f"{model.spec}: no text projection found")
     return head.weight.T
-
-
-@contextlib.contextmanager
-def projections_removed(model) -> Iterator[None]:
-    """Within the block, ``model.encode_image`` and ``model.encode_text`` return the features
-    that enter the image and text projections (an open_clip ViT CLIP or a transformers
-    ``CLIPModel``), so that ``encode_image(x) = pre_image(x) @ W_image`` and likewise for text
-    (:meth:`VisionTower.image_projection`, :func:`text_projection`; neither has a bias).  The
-    projections are put back on leaving, even after an error."""
-    m = model.model
-    if model.library == "open_clip" and isinstance(tower_of(model), OpenClipViT):
-        owners = [(m.visual, "proj"), (m, "text_projection")]
-        if isinstance(m.text_projection, torch.nn.Linear) and m.text_projection.bias is not None:
-            raise NotImplementedError(f"{model.spec}: a text projection with a bias")
-        replacement = None
-    elif type(m).__name__ == "CLIPModel":
-        owners = [(m, "visual_projection"), (m, "text_projection")]
-        replacement = torch.nn.Identity()
-    else:
-        raise NotImplementedError(f"{model.spec}: features before the projections are read "
-                                  f"from open_clip ViT CLIPs and transformers CLIPModel only")
-    saved = [getattr(o, name) for o, name in owners]
-    orders = [list(o._parameters) for o, _ in owners]
-    try:
-        for o, name in owners:
-            if isinstance(o, torch.nn.Module) and name in o._parameters:
-                del o._parameters[name]
-            setattr(o, name, replacement)
-        yield
-    finally:
-        for (o, name), value, order in zip(owners, saved, orders):
-            if isinstance(value, torch.nn.Parameter):
-                o._parameters.pop(name, None)
-                o.__dict__.pop(name, None)
-                o.register_parameter(name, value)
-                params = o._parameters  # back in its place: parameters() keeps its order
-                o._parameters = type(params)((k, params[k]) for k in order if k in params)
-            else:
-                setattr(o, name, value)

@@ -103,8 +103,7 @@ def run_purity_table(*, models: Sequence[str], weights: Sequence[str], evals: Se
 
     from .figures import plot_compare, plot_pruning
 
-    purity = {json.loads(Path(w).read_text())["model"]: json.loads(Path(w).read_text())
-              for w in weights}
+    purity = {p["model"]: p for p in (json.loads(Path(w).read_text()) for w in weights)}
     sweep = pd.concat([pd.read_csv(e) for e in evals], ignore_index=True)
     whole = sweep[sweep["mode"] == "all"]
     rows = []

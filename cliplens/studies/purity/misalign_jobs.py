@@ -42,7 +42,8 @@ def run_purity_features(*, spec: str, load: Mapping[str, Any], dataset: str, spl
     from ...core.data.tasks import get_task
     from ...core.data.toy import read_split
     from ...core.models.registry import load_model
-    from ...core.models.towers import projections_removed, text_projection, tower_of
+    from ...core.models.projections import projections_removed
+    from ...core.models.towers import text_projection, tower_of
 
     model = load_model(spec, **load)
     ds = open_dataset(dataset, split, **roots)

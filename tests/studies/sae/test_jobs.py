@@ -153,6 +153,21 @@ def test_features_rank_images_and_measure_purity_against_the_factors(tiny_world,
     np.testing.assert_array_equal(tile, want)
 
 
+def described(tiny_world, toy_sae):
+    """``toy_sae``'s folder with the features table and the collages of 3 described features
+    (written by the features test, or here when it ran first)."""
+    from cliplens.studies.sae.jobs import run_sae_features
+
+    out = toy_sae
+    if not (out / "collages").exists():
+        run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"),
+                         cache=str(out / "train.h5"), roots=tiny_world.roots, top=5, show=2,
+                         out_csv=str(out / "f.csv"), out_json=str(out / "f.json"),
+                         out_collages=str(out / "c.png"), out_histograms=str(out / "h.png"),
+                         describe=3, out_collage_dir=str(out / "collages"))
+    return out
+
+
 def test_interpretation_labels_scores_and_reports_the_described_features(tiny_world, toy_sae,
                                                                          monkeypatch):
     """The offline baseline end to end: each described feature gets the English text nearest
@@ -169,15 +184,8 @@ def test_interpretation_labels_scores_and_reports_the_described_features(tiny_wo
     from cliplens.studies.sae import endpoint
     from cliplens.studies.sae.interpret import decoder_directions, nearest_texts
     from cliplens.studies.sae.interpret_jobs import JOURNAL, run_interpret, run_sae_report
-    from cliplens.studies.sae.jobs import run_sae_features
 
-    out = toy_sae
-    if not (out / "collages").exists():
-        run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"), cache=str(out / "train.h5"),
-                         roots=tiny_world.roots, top=5, show=2, out_csv=str(out / "f.csv"),
-                         out_json=str(out / "f.json"), out_collages=str(out / "c.png"),
-                         out_histograms=str(out / "h.png"), describe=3,
-                         out_collage_dir=str(out / "collages"))
+    out = described(tiny_world, toy_sae)
     settings = tiny_world.S.sae.interpret.to_dict()
     kw = dict(spec="toy:clip-vit", load=tiny_world.load, sae_dir=str(out / "sae"),
               cache=str(out / "train.h5"), features_csv=str(out / "f.csv"),
@@ -239,16 +247,9 @@ def test_interpretation_through_an_endpoint_sends_each_collage(tiny_world, toy_s
     import pandas as pd
 
     from cliplens.studies.sae.interpret_jobs import run_interpret
-    from cliplens.studies.sae.jobs import run_sae_features
     from tests.studies.sae.test_endpoint import KEY, Server
 
-    out = toy_sae
-    if not (out / "collages").exists():
-        run_sae_features(spec="toy:clip-vit", sae_dir=str(out / "sae"), cache=str(out / "train.h5"),
-                         roots=tiny_world.roots, top=5, show=2, out_csv=str(out / "f.csv"),
-                         out_json=str(out / "f.json"), out_collages=str(out / "c.png"),
-                         out_histograms=str(out / "h.png"), describe=3,
-                         out_collage_dir=str(out / "collages"))
+    out = described(tiny_world, toy_sae)
     monkeypatch.setenv("CLIPLENS_TEST_KEY", KEY)
     settings = tiny_world.S.sae.interpret.to_dict()
     with Server(["500"]) as srv:
