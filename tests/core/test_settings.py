@@ -185,6 +185,14 @@ REFERENCE_MISTAKES = [
     ({"sae": {"saes": {"t": {"kind": "topk"}}}}, r"sae\.saes\.t: a topk SAE needs \['k'\]"),
     ({"sae": {"saes": {"t": {"kind": "relu_l1", "l1": 0.1, "k": 4}}}},
      r"sae\.saes\.t: \['k'\] do not apply to a relu_l1 SAE"),
+    ({"purity": {"misalign": {"dataset": "cifar10"}}},
+     r"purity\.misalign\.dataset: 'cifar10' has no captions; .* \('coco2017', 'cc3m'\)"),
+    ({"purity": {"misalign": {"dataset": "cc3m", "split": "train", "captions": "poor"}}},
+     r"purity\.misalign\.captions: 'cc3m' has one kind of caption"),
+    ({"purity": {"misalign": {"dataset": "cc3m", "split": "test"}}},
+     r"purity\.misalign\.split: dataset 'cc3m' has no split 'test'; it has \['train', 'val'\]"),
+    ({"purity": {"misalign": {"neighbours": {"search": "annoy"}}}},
+     r"purity\.misalign\.neighbours\.search"),
 ]
 
 

@@ -1,5 +1,5 @@
 """Readers of the real datasets (torchvision's classes with ``download=False``, and small readers
-for COCO captions, Waterbirds and ImageNet-segmentation), each an
+for COCO and CC3M captions, Waterbirds, ImageNet-segmentation and PASCAL Context), each an
 :class:`~cliplens.core.data.base.ImageDataset`, and :data:`LOADERS`: dataset name -> reader."""
 
 from __future__ import annotations
@@ -142,6 +142,80 @@ class CocoCaptions(ImageDataset):
 
     def image(self, i: int) -> Image.Image:
         with Image.open(self.image_dir / self.files[i]) as im:
+            return im.convert("RGB")
+
+
+class Cc3mCaptions(ImageDataset):
+    """Conceptual Captions (CC3M) in LaCLIP's CSV layout: ``{root}/{split}.csv`` lists one image
+    per row as ``image,caption``, the image path relative to ``root`` (read with :mod:`csv`, so
+    a quoted caption may hold commas, quotes and line breaks; UTF-8, a byte-order mark is
+    ignored).
+
+    * A first row naming its columns is a header: one cell an image column name (``image``,
+      ``image_path``, ``filepath``, ...) and one a caption column name (``caption``, ``text``,
+      ``title``); those two columns are read, in either order.  Without a header the first
+      column is the image and the second the caption.  Further columns are ignored and blank
+      lines skipped.
+    * Only rows whose image ends in .jpg, .jpeg, .png or .webp (any case) are kept, in the
+      CSV's order (a listing of img2dataset's output also holds .txt/.json side files).
+    * ``files[i]`` is image ``i``'s path relative to ``root`` and ``captions[i]`` a one-element
+      list ``[caption]`` (stripped): the shape of :class:`CocoCaptions`' captions, so a
+      consumer reads ``captions[i][0]`` of either.  No labels.
+
+    A missing CSV, a row with fewer columns than the image and caption need, an empty caption
+    or a CSV without image rows raise :class:`ValueError` naming the file (and the line).
+    Images are opened only when read (a missing one raises then).
+    """
+
+    SPLITS = ("train", "val")
+    IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+    IMAGE_COLUMNS = ("image", "image_path", "img", "img_path", "filepath", "file", "filename",
+                     "path")
+    CAPTION_COLUMNS = ("caption", "captions", "text", "title")
+
+    def __init__(self, root: str | os.PathLike, split: str, name: str = "cc3m"):
+        _need(split, self.SPLITS, name)
+        self.root, self.name, self.split = Path(root), name, split
+        self.csv = self.root / f"{split}.csv"
+        if not self.csv.is_file():
+            present = sorted(p.name for p in self.root.glob("*.csv")) if self.root.is_dir() else []
+            raise ValueError(f"{name}: {self.csv} does not exist (the {split} split's "
+                             f"image,caption rows; CSV files present: {present or 'none'}); "
+                             f"see the {name} entry of cliplens/core/data/catalog.yaml")
+        self.files, self.captions = [], []
+        with open(self.csv, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            cols, first = (0, 1), True
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue  # a blank line
+                if first:  # a header names its columns (no image path is such a name)
+                    first, header = False, [c.strip().lower() for c in row]
+                    img = [k for k, c in enumerate(header) if c in self.IMAGE_COLUMNS]
+                    cap = [k for k, c in enumerate(header) if c in self.CAPTION_COLUMNS]
+                    if img and cap:
+                        cols = (img[0], cap[0])
+                        continue
+                where = f"{self.csv}, line {reader.line_num}"
+                if len(row) <= max(cols):
+                    raise ValueError(f"{where}: {len(row)} column(s) {row!r}; each row needs an "
+                                     f"image path and a caption (image,caption)")
+                image, caption = row[cols[0]].strip(), row[cols[1]].strip()
+                if not image.lower().endswith(self.IMAGE_SUFFIXES):
+                    continue
+                if not caption:
+                    raise ValueError(f"{where}: image {image!r} has an empty caption")
+                self.files.append(image)
+                self.captions.append([caption])
+        if not self.files:
+            raise ValueError(f"{self.csv} lists no images (.jpg, .jpeg, .png or .webp rows)")
+        self.labels, self.classnames = None, None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> Image.Image:
+        with Image.open(self.root / self.files[i]) as im:
             return im.convert("RGB")
 
 
@@ -319,13 +393,17 @@ def _need(split: str, allowed: Sequence[str], name: str) -> None:
 
 
 #: dataset name -> the splits its loader accepts (checked when the workflow plans)
+#: the real datasets whose images carry captions (``ds.captions[i]``: a list of captions)
+CAPTIONED = ("coco2017", "cc3m")
+
 SPLITS: dict[str, tuple[str, ...]] = {
     "cifar10": ("train", "test"), "cifar100": ("train", "test"),
     "food101": ("train", "test"), "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "pets": ("trainval", "test"), "dtd": ("train", "val", "test"),
     "stanford-cars": ("train", "test"), "eurosat": ("train", "test", "all"),
     "caltech101": ("train", "test", "all"), "imagenet": ("val",),
-    "coco2017": ("train", "val"), "waterbirds": tuple(Waterbirds.SPLITS),
+    "coco2017": ("train", "val"), "cc3m": Cc3mCaptions.SPLITS,
+    "waterbirds": tuple(Waterbirds.SPLITS),
     "imagenet-seg": ("test",), "pascal-context": PascalContext59.SPLITS,
 }
 
@@ -335,6 +413,7 @@ LOADERS: dict[str, Callable[[Path, str], ImageDataset]] = {
        for n in ("cifar10", "cifar100", "food101", "stl10", "pets", "dtd", "eurosat",
                  "caltech101", "imagenet", "stanford-cars")},
     "coco2017": lambda root, split: CocoCaptions(root, split),
+    "cc3m": lambda root, split: Cc3mCaptions(root, split),
     "waterbirds": lambda root, split: Waterbirds(root, split),
     "imagenet-seg": lambda root, split: ImageNetSegmentation(root / "gtsegs_ijcv.mat", split),
     "pascal-context": lambda root, split: PascalContext59(root, split),

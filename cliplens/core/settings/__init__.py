@@ -28,7 +28,8 @@ from .sae import (SaeEndpoint, SaeFeatures, SaeInterpret, SaePrompts, SaeSetting
                   SaeTextSets, SaeTrain)
 from .neurons import (NeuronComponents, NeuronEffects, NeuronEvidence, NeuronRetrieval,
                       NeuronSegmentation, NeuronShift, NeuronSparse, NeuronsSettings, NeuronTable)
-from .purity import MisalignTrain, PurityMisalign, PurityPruning, PuritySettings
+from .purity import (MisalignNeighbours, MisalignTrain, PurityMisalign, PurityPruning,
+                     PuritySettings)
 from .references import check_references, results_problem
 from .inversion import (InversionFigure, InversionSettings, OperatorSettings,
                         ReconstructorSettings, ReconstructorTrain, SimilaritySettings)
@@ -44,7 +45,7 @@ __all__ = [
     "NeuronSegmentation", "NeuronShift", "NeuronSparse", "NeuronTable", "NeuronsSettings",
     "OperatorSettings", "SaeEndpoint", "SaeFeatures", "SaeInterpret", "SaePrompts",
     "SaeSettings", "SaeSpec", "SaeTextSets", "SaeTrain", "PartialCaptions", "PurityPruning",
-    "PuritySettings", "PurityMisalign", "MisalignTrain",
+    "PuritySettings", "PurityMisalign", "MisalignTrain", "MisalignNeighbours",
     "ReconstructorSettings", "ReconstructorTrain",
     "Section", "SegmentationSettings", "Settings", "ShiftWorld", "SimilaritySettings",
     "SpuriousSettings", "SpuriousWorld", "TextSpanSettings", "ToyConfigError",

@@ -26,6 +26,13 @@ class MisalignTrain(Section):
 
 
 @dataclass(frozen=True)
+class MisalignNeighbours(Section):
+    SCHEMA: ClassVar[str] = "purity.misalign.neighbours"
+    search: str
+    probes: int
+
+
+@dataclass(frozen=True)
 class PurityMisalign(Section):
     SCHEMA: ClassVar[str] = "purity.misalign"
     models: tuple[str, ...]
@@ -36,6 +43,7 @@ class PurityMisalign(Section):
     captions: str
     images: int
     init: str
+    neighbours: MisalignNeighbours
     train: MisalignTrain
 
 

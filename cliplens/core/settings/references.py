@@ -340,7 +340,9 @@ def _sae_problems(s, bad_models) -> list[tuple[str, str]]:
 def _purity_problems(s, bad_models) -> list[tuple[str, str]]:
     """Study 004 (its tasks are checked with every other study's): each model has separate
     projections (not SigLIP) and every k of the sweep fits its embedding width (where known
-    before loading); the models fine-tuned are CLIP ViTs with a captioned toy dataset."""
+    before loading); the models fine-tuned are CLIP ViTs with a captioned dataset (toy, or
+    real with captions: toy rich/poor captions only on toy ones)."""
+    from ..data.readers import CAPTIONED
     from ..models.layout import planned_tower
 
     pu, out = s.purity, []
@@ -362,10 +364,14 @@ def _purity_problems(s, bad_models) -> list[tuple[str, str]]:
         if tower is not None and tower[0] != "vit":
             out.append((f"purity.misalign.models[{i}]", f"{spec} is a {tower[0]} model; the "
                                                         f"projections are fine-tuned on CLIP ViTs"))
-    if mis.models and not mis.dataset.startswith("toy"):
+    toy = mis.dataset.startswith("toy")
+    if mis.models and not toy and mis.dataset not in CAPTIONED:
         out.append(("purity.misalign.dataset", f"{mis.dataset!r} has no captions; misalignment "
-                                               f"reads the captions of a toy dataset"))
-    splits = _splits_of(mis.dataset, s.toy) if mis.dataset.startswith("toy") else None
+                                               f"reads a toy dataset's or one of {CAPTIONED}"))
+    elif mis.models and not toy and mis.captions != "rich":
+        out.append(("purity.misalign.captions", f"{mis.dataset!r} has one kind of caption; "
+                                                f"poor captions are the toy world's"))
+    splits = _splits_of(mis.dataset, s.toy)
     if mis.models and splits is not None and mis.split not in splits:
         out.append(("purity.misalign.split", f"dataset {mis.dataset!r} has no split "
                                              f"{mis.split!r}; it has {sorted(splits)}"))

@@ -1,10 +1,11 @@
 """Caption misalignment (study 004): a fraction Cs of the training captions swapped in pairs
 with TF-IDF-similar ones, and the two projection layers fine-tuned on the result.
 
-Partners are found with sklearn's ``TfidfVectorizer`` and ``NearestNeighbors`` (cosine, brute
-force), which compute distances in chunks of ``sklearn.get_config()["working_memory"]`` (1 GiB
-by default) and only for the rows visited: memory grows with N, never with N² (the published
-script fills the all-pairs similarity matrix, 4 N² bytes).
+Partners are found with sklearn's ``TfidfVectorizer`` and either sklearn's brute-force cosine
+``NearestNeighbors`` (exact, chunked by ``sklearn.get_config()["working_memory"]``) or an
+inverted-file index on ``MiniBatchKMeans`` cells (approximate, for a million captions; see
+:mod:`.neighbours`): memory grows with N, never with N² (the published script fills the
+all-pairs similarity matrix, 4 N² bytes).
 
 Fine-tuning runs on features computed once: with the towers frozen, what enters each
 projection does not change, so each step is two matrix products on cached rows.
@@ -29,21 +30,26 @@ def tfidf_rows(texts: Sequence[str]):
 
 
 def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, seed: int,
-             top_k: int = 10, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+             top_k: int = 10, block: int = 1024, search: str = "exact", probes: int = 16,
+             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(new caption index [N], the rows whose caption moved): rows are visited in a random
     order (``seed``); an unpaired row swaps captions with one of its ``top_k`` most
     TF-IDF-similar unpaired rows whose caption differs from its own, drawn at random, until
     ``fraction`` N rows are paired (each swap pairs two, and changes both captions).
     ``caption_index`` [N] points into the distinct ``texts``.
 
-    Neighbours come from sklearn's brute-force cosine ``NearestNeighbors`` queried ``block``
-    rows at a time, ``top_k + 64`` each (paired rows and rows with the same caption are
-    skipped; a row left with no candidate stays unpaired): memory is bounded by
-    ``working_memory``, never N².  Cs = ``fraction`` in [0, 1]."""
-    from sklearn.neighbors import NearestNeighbors
+    Each row's ``top_k + 64`` nearest rows are the candidates (paired rows and rows with the
+    same caption are skipped; a row left with no candidate stays unpaired), found by
+    ``search`` (:mod:`.neighbours`): ``"exact"`` -- brute force, ``block`` visited rows at a
+    time, only until enough rows are paired; ``"ivf"`` -- the inverted-file index with
+    ``probes`` cells, approximate, for every row at once.  Memory grows with N, never N².
+    Cs = ``fraction`` in [0, 1]."""
+    from .neighbours import exact_neighbours, ivf_neighbours
 
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"misalignment fraction Cs = {fraction} is outside [0, 1]")
+    if search not in ("exact", "ivf"):
+        raise ValueError(f"unknown neighbour search {search!r}: exact or ivf")
     idx = np.asarray(caption_index, dtype=np.int64)
     n, target = len(idx), int(fraction * len(idx))
     rng = np.random.default_rng(seed)
@@ -51,19 +57,23 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
     perm, used, paired = np.arange(n), np.zeros(n, dtype=bool), 0
     if target >= 2:
         rows = tfidf_rows([texts[i] for i in idx])
-        nn = NearestNeighbors(n_neighbors=min(n, top_k + 64), metric="cosine",
-                              algorithm="brute").fit(rows)
+        m = min(n, top_k + 64)
+        if search == "ivf":
+            every = ivf_neighbours(rows, m, probes=probes, seed=seed, progress=progress)
+            nearest = every.__getitem__
+        else:
+            nearest = exact_neighbours(rows, m)
         for a in range(0, n, block):
             if paired >= target:
                 break
             sources = order[a:a + block]
-            _, near = nn.kneighbors(rows[sources])
+            near = nearest(sources)
             for s, cands in zip(sources, near):
                 if paired >= target:
                     break
                 if used[s]:
                     continue
-                cands = [j for j in cands if not used[j] and idx[j] != idx[s]][:top_k]
+                cands = [j for j in cands if j >= 0 and not used[j] and idx[j] != idx[s]][:top_k]
                 if not cands:
                     continue
                 t = cands[rng.integers(len(cands))]

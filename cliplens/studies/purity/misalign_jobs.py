@@ -28,31 +28,61 @@ def _pre_projection_images(model, dataset, n: int, batch_size: int) -> np.ndarra
     return np.concatenate(out)
 
 
+def split_captions(ds, split: str, n: int, which: str) -> list[str]:
+    """One caption per image for the first ``n`` images of ``ds`` (split ``split``).
+
+    * a toy split (a :class:`~cliplens.core.data.toy.ToyDataset`): its ``captions_{which}``,
+      ``which`` = ``rich`` or ``poor``;
+    * a real captioned dataset (``ds.captions``: coco2017, cc3m): each image's first caption
+      (``captions[i]`` a list of captions, or one caption as a str).  Real datasets have one
+      kind of caption, read as ``rich`` (the default): asking for ``poor`` raises ValueError
+      rather than silently reading the only captions there are;
+    * anything else: ValueError (purity.misalign needs a captioned dataset).
+    """
+    from ...core.data.readers import CAPTIONED
+    from ...core.data.toy import ToyDataset, read_split
+
+    if which not in ("rich", "poor"):
+        raise ValueError(f"captions must be rich or poor, not {which!r}")
+    if isinstance(ds, ToyDataset):
+        return [str(c) for c in read_split(ds.path, split, keys=())[f"captions_{which}"][:n]]
+    captions = getattr(ds, "captions", None)
+    if captions is None:
+        raise ValueError(f"{ds.name}/{split} has no captions: purity.misalign needs a captioned "
+                         f"dataset (a toy one, {', '.join(CAPTIONED)})")
+    if which != "rich":
+        raise ValueError(f"{ds.name} has one kind of caption, not toy rich/poor captions: set "
+                         f"purity.misalign.captions to rich (or use a toy dataset)")
+    out = []
+    for i, caps in enumerate(captions[:n]):
+        cap = caps if isinstance(caps, str) else (caps[0] if len(caps) else "")
+        if not str(cap).strip():
+            raise ValueError(f"{ds.name}/{split}: image {i} has no caption")
+        out.append(str(cap))
+    return out
+
+
 def run_purity_features(*, spec: str, load: Mapping[str, Any], dataset: str, split: str,
                         captions: str, images: int, tasks: Sequence[str],
                         roots: Mapping[str, str], out_npz: str, batch_size: int = 256) -> None:
     """What enters the image and text projections of ``spec``: for the first ``images`` of
-    ``dataset``/``split`` (a captioned toy split) the image features and their ``captions``
-    (``rich`` or ``poor``) as an index into the distinct captions and those captions' features;
-    for each task's split the image features and labels; the projections and the model's
-    logit scale.  All in one npz."""
+    ``dataset``/``split`` (a captioned dataset: a toy split, coco2017 or cc3m; see
+    :func:`split_captions`) the image features and their captions (``captions``: ``rich`` or
+    ``poor`` of a toy split; a real dataset's first caption per image) as an index into the
+    distinct captions and those captions' features; for each task's split the image features
+    and labels; the projections and the model's logit scale.  All in one npz."""
     import torch
 
     from ...core.data.registry import open_dataset
     from ...core.data.tasks import get_task
-    from ...core.data.toy import read_split
     from ...core.models.registry import load_model
     from ...core.models.projections import projections_removed
     from ...core.models.towers import text_projection, tower_of
 
-    model = load_model(spec, **load)
     ds = open_dataset(dataset, split, **roots)
-    path = getattr(ds, "path", None)
-    if path is None:
-        raise ValueError(f"{dataset}/{split} has no captions (purity.misalign reads the captions "
-                         f"of a toy split)")
     n = min(images, len(ds))
-    caps = read_split(path, split, keys=())[f"captions_{captions}"][:n]
+    caps = split_captions(ds, split, n, captions)  # before the model: fail fast
+    model = load_model(spec, **load)
     texts, index = np.unique(np.asarray(caps, dtype=object), return_inverse=True)
     arrays: dict[str, Any] = {"model": np.array(spec), "texts": np.array(texts, dtype=str),
                               "caption_index": index.astype(np.int64)}
@@ -79,9 +109,11 @@ def run_purity_features(*, spec: str, load: Mapping[str, Any], dataset: str, spl
 
 def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fraction: float,
                         seed: int, init: str, train: Mapping[str, Any], tasks: Sequence[str],
+                        neighbours: Mapping[str, Any] | None = None,
                         roots: Mapping[str, str], include_diagonal: bool, out_json: str,
                         progress: bool = True) -> dict[str, Any]:
-    """Misalign a fraction ``fraction`` of the captions of ``features`` (seed ``seed``),
+    """Misalign a fraction ``fraction`` of the captions of ``features`` (seed ``seed``;
+    partners found by ``neighbours``: search, probes),
     fine-tune both projections from ``init`` (``train``: steps, batch_size, lr,
     checkpoint_every; checkpoints beside ``out_json``), then the purity of both projections
     and each task's zero-shot accuracy with them (the image embedding is the cached feature
@@ -97,17 +129,21 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     from .metrics import purity_metrics
     from .misalign import finetune_projections, misalign
 
+    neighbours = dict(neighbours or {"search": "exact", "probes": 16})
     f = np.load(features)
     if str(f["model"]) != spec:
         raise ValueError(f"{features} holds the features of {str(f['model'])!r}, not {spec!r}")
-    index, changed = misalign(f["caption_index"], list(f["texts"]), fraction, seed)
+    index, changed = misalign(f["caption_index"], list(f["texts"]), fraction, seed,
+                              search=str(neighbours["search"]), probes=int(neighbours["probes"]),
+                              progress=progress)
     out = Path(out_json)
     ckpt = out.with_suffix(".ckpt") / "last.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     from ...core.io import sha256_file
 
     fp = fingerprint({"model": spec, "fraction": fraction, "seed": seed, "init": init,
-                      "train": dict(train), "features": sha256_file(features)})
+                      "train": dict(train), "neighbours": dict(neighbours),
+                      "features": sha256_file(features)})
     p_i, p_t, loop = finetune_projections(
         f["image"], f["text"], index, f["w_image"], f["w_text"], float(f["scale"]),
         steps=int(train["steps"]), batch_size=int(train["batch_size"]), lr=float(train["lr"]),
@@ -123,7 +159,8 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
         accuracy[task] = argmax_accuracy(f[f"x:{t.dataset}/{t.split}"] @ p_i, W,
                                          np.asarray(ds.labels))
     result = {"model": spec, "fraction": fraction, "seed": seed, "init": init,
-              "captions_changed": int(len(changed)), "images": int(len(index)),
+              "neighbours": dict(neighbours), "captions_changed": int(len(changed)),
+              "images": int(len(index)),
               "steps": loop.step, "final_loss": float(np.mean(loop.losses[-20:])),
               "image": purity_metrics(p_i.T, include_diagonal),
               "text": purity_metrics(p_t.T, include_diagonal), "accuracy": accuracy}
