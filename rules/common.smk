@@ -32,12 +32,21 @@ def all_model_specs():
 
 
 def model_inputs(slug):
-    """Files a job needs before it can load model ``slug``: a toy model's directory, else none
-    (real weights come from the Hugging Face cache, see the README)."""
+    """Files a job needs before it can load model ``slug``: a toy model's directory, a
+    hand-placed checkpoint's check marker, else none (real weights come from the Hugging Face
+    cache, see the README)."""
     spec = parse_model_spec(model_spec(slug))
     if spec.scheme == "toy":
         return [f"{R}/models/toy/{spec.name}"]
+    if spec.scheme == "laclip":
+        return [f"{RES}/models/laclip/{spec.name}.ready"]
     return []
+
+
+def existing(path):
+    """``[path]`` when the file exists, else ``[]``: a hand-placed input that a check rule
+    asks for by name when it is missing."""
+    return [path] if os.path.exists(path) else []
 
 
 # dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``

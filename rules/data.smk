@@ -107,3 +107,25 @@ rule check_manual_dataset:
         root=f"{RES}/datasets/{{dataset}}",
     script:
         "../workflow_scripts/data/check_manual_dataset.py"
+
+
+# Checkpoints placed by hand (LaCLIP's): the job fails saying where to get the file and where to
+# put it, and checks that a placed one loads; replacing the file reruns what used it.
+rule check_laclip_checkpoint:
+    input:
+        lambda w: existing(f"{RES}/models/laclip/{w.name}.pt"),
+    output:
+        f"{RES}/models/laclip/{{name}}.ready",
+    log:
+        f"{R}/logs/check_laclip_checkpoint/{{name}}.log",
+    conda:
+        "../envs/cliplens.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        spec="laclip:{name}",
+        resources=RES,
+    script:
+        "../workflow_scripts/data/check_laclip_checkpoint.py"

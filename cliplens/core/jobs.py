@@ -4,8 +4,8 @@ with the rule's params, inputs and outputs.  Each reads its inputs, checks them,
 library and writes its outputs atomically; each is usable from a notebook as it is.
 
 ``load`` (every job that loads a model) holds :func:`~cliplens.core.models.registry.load_model`'s
-keyword arguments (``toy_root``, ``device``, ``hf_home``: :func:`model_load`); ``roots`` the
-``results`` and ``resources`` folders datasets are opened from.
+keyword arguments (``toy_root``, ``device``, ``hf_home``, ``resources``: :func:`model_load`);
+``roots`` the ``results`` and ``resources`` folders datasets are opened from.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ ZEROSHOT_COLUMNS = ["model", "task", "top1", "top5", "mean_per_class", "n", "cla
 
 def model_load(config: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`~cliplens.core.models.registry.load_model`'s keyword arguments from the workflow's
-    ``config`` (``snakemake.config`` in a job): the toy models' folder, the ``device`` and the
-    Hugging Face cache (``hf_home``).  Scripts read them from the config rather than from the
-    rule's params, because params are what Snakemake reruns a job for, and where a cache lives
-    or which device computes cannot change a result."""
+    ``config`` (``snakemake.config`` in a job): the toy models' folder, the ``device``, the
+    Hugging Face cache (``hf_home``) and the root of hand-placed checkpoints (``resources``).
+    Scripts read them from the config rather than from the rule's params, because params are
+    what Snakemake reruns a job for, and where a cache lives or which device computes cannot
+    change a result."""
     return {"toy_root": f"{config.get('results', 'results')}/models/toy",
-            "device": config.get("device", "auto"), "hf_home": config.get("hf_home")}
+            "device": config.get("device", "auto"), "hf_home": config.get("hf_home"),
+            "resources": config.get("resources", "resources")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +83,23 @@ def run_check_manual(*, name: str, root: str) -> Path:
     marker = mark_manual_ready(name, root)
     log.info("manual dataset %s is in place under %s", name, root)
     return marker
+
+
+def run_check_checkpoint(*, spec: str, resources: str, out: str) -> dict[str, Any]:
+    """Check a checkpoint placed by hand (``laclip:NAME``: ``{resources}/models/laclip/NAME.pt``):
+    a missing file raises the loader's where-to-get-it-and-where-to-put-it message; a present
+    one must load strictly into its model.  Writes ``out`` (JSON: spec, file SHA-256, sizes)."""
+    from .io import write_json_atomic
+    from .models.registry import load_model
+
+    model = load_model(spec, resources=resources, device="cpu")
+    prov = model.provenance()
+    result = {"spec": spec, "weights_sha256": prov.get("weights_sha256"),
+              "file": prov.get("laclip_file"), "embed_dim": model.embed_dim,
+              "image_size": model.image_size}
+    write_json_atomic(out, result)
+    log.info("%s is in place (%s, sha256 %s)", spec, result["file"], result["weights_sha256"])
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

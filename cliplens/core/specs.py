@@ -7,6 +7,8 @@ Model specs:
 * ``hf:REPO`` -- a transformers model on the Hugging Face hub, e.g.
   ``hf:google/siglip2-base-patch16-512``.
 * ``toy:NAME`` -- a toy model trained by the workflow, e.g. ``toy:clip-vit``.
+* ``laclip:NAME`` -- a LaCLIP checkpoint placed by hand at ``{resources}/models/laclip/NAME.pt``,
+  e.g. ``laclip:cc3m_laclip`` (:mod:`cliplens.core.models.laclip`).
 
 A slug replaces ``:`` and ``/`` by ``--`` so each spec maps to one directory name and back.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCHEMES = ("open_clip", "hf", "toy")
+SCHEMES = ("open_clip", "hf", "toy", "laclip")
 _SLUG_OK = re.compile(r"^[A-Za-z0-9._@+-]+$")
 
 
@@ -41,13 +43,17 @@ def parse_model_spec(spec: str) -> ModelSpec:
     """Parse ``spec`` into a :class:`ModelSpec`; raise ``ValueError`` with the accepted forms."""
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
-            f"bad model spec {spec!r}: expected 'open_clip:NAME@PRETRAINED', 'hf:REPO' or 'toy:NAME'"
+            f"bad model spec {spec!r}: expected 'open_clip:NAME@PRETRAINED', 'hf:REPO', "
+            f"'toy:NAME' or 'laclip:NAME'"
         )
     scheme, rest = spec.split(":", 1)
     if scheme not in SCHEMES:
         raise ValueError(f"bad model spec {spec!r}: unknown scheme {scheme!r} (one of {SCHEMES})")
     if not rest:
         raise ValueError(f"bad model spec {spec!r}: empty name")
+    if scheme == "laclip" and ("/" in rest or "\\" in rest or rest.startswith(".")):
+        raise ValueError(f"bad model spec {spec!r}: laclip:NAME names the file "
+                         f"{{resources}}/models/laclip/NAME.pt (a file name, no folders)")
     pretrained = None
     if scheme == "open_clip" and "@" in rest:
         rest, pretrained = rest.split("@", 1)

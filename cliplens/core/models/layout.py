@@ -100,7 +100,7 @@ def planned_tower(spec: str, toy_models: Mapping[str, Any]) -> tuple[str, int | 
     """(kind, embedding width) of model ``spec``'s vision tower when known before loading;
     kind is ``"vit"`` (class-token ViT), ``"resnet"`` (CLIP ModifiedResNet with attention
     pooling), ``"siglip"`` (attention-pooled ViT) or ``"timm"``.  None for hub and local models
-    (the job checks those)."""
+    (the job checks those); a LaCLIP checkpoint is a ViT of a width known once it is read."""
     parsed = parse_model_spec(spec)
     if parsed.scheme == "toy":
         cfg = toy_models.get(parsed.name)
@@ -122,4 +122,6 @@ def planned_tower(spec: str, toy_models: Mapping[str, Any]) -> tuple[str, int | 
         if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok":
             return "other", width
         return "vit", width
+    if parsed.scheme == "laclip":  # every LaCLIP checkpoint is a class-token ViT
+        return "vit", None
     return None

@@ -14,6 +14,9 @@ scheme in :data:`LOADERS`; adding a model source is one entry there.
   ``cliplens_model.json`` (library, family, name, ...) plus either open_clip's ``local-dir:``
   layout (:func:`save_open_clip_dir`) or transformers' ``save_pretrained`` output
   (:func:`save_transformers_dir`). Toy and real models run through the same library code.
+* ``laclip:NAME`` -- the LaCLIP checkpoint ``{resources}/models/laclip/NAME.pt``, placed by hand
+  (e.g. ``cc3m_laclip.pt`` from https://github.com/LijieFan/LaCLIP), read into open_clip's
+  ``CLIP`` by :mod:`cliplens.core.models.laclip`.
 
 Offline behaviour: unless ``allow_download=True``, Hugging Face offline mode is switched on for
 the duration of the call (``HF_HUB_OFFLINE=1`` and ``huggingface_hub.constants.HF_HUB_OFFLINE``,
@@ -109,6 +112,7 @@ class LoadContext:
     toy_root: Path
     hf_home: str | None
     allow_download: bool
+    resources: Path = Path("resources")
 
     @property
     def hub_cache(self) -> Path:
@@ -365,6 +369,26 @@ def _load_toy(spec: ModelSpec, ctx: LoadContext) -> ClipModel:
 
 
 # ---------------------------------------------------------------------------------------------
+# checkpoints placed by hand
+
+LACLIP_URL = "https://github.com/LijieFan/LaCLIP"
+
+
+def _load_laclip(spec: ModelSpec, ctx: LoadContext) -> ClipModel:
+    from .laclip import load_laclip
+
+    path = ctx.resources / "models" / "laclip" / f"{spec.name}.pt"
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"model {ctx.spec!r} is not available: {path} does not exist. LaCLIP checkpoints "
+            f"are placed by hand: download {spec.name}.pt from {LACLIP_URL} (\"Pre-trained "
+            f"models\"; e.g. cc3m_laclip.pt / cc3m_clip.pt, ViT-B/16 trained on CC3M with "
+            f"rewritten / original captions) and place it at {path}."
+        )
+    return load_laclip(str(spec), path)
+
+
+# ---------------------------------------------------------------------------------------------
 # the registry
 
 #: scheme -> loader(parsed spec, context); adding a model source is one entry
@@ -372,6 +396,7 @@ LOADERS: dict[str, Callable[[ModelSpec, LoadContext], ClipModel]] = {
     "open_clip": _load_open_clip,
     "hf": _load_hf,
     "toy": _load_toy,
+    "laclip": _load_laclip,
 }
 
 
@@ -382,18 +407,21 @@ def load_model(
     device: str = "cpu",
     hf_home: str | None = None,
     allow_download: bool = False,
+    resources: str | Path = "resources",
 ) -> ClipModel:
     """Load the model ``spec`` names and move it to ``device`` (``"auto"``: cuda if available).
 
     Raises ``ValueError`` for a malformed spec, an unknown scheme, model name or pretrained tag;
     :class:`ModelUnavailableError` when the weights (or a toy model's directory) are not on this
-    machine. The returned model is in eval mode; grad mode is the caller's.
+    machine. ``resources`` is the root of hand-placed files (``laclip:NAME`` reads
+    ``{resources}/models/laclip/NAME.pt``). The returned model is in eval mode; grad mode is the
+    caller's.
     """
     parsed = parse_model_spec(spec)
     if parsed.scheme not in LOADERS:
         raise ValueError(f"bad model spec {spec!r}: no loader for scheme {parsed.scheme!r} "
                          f"(registered: {sorted(LOADERS)})")
     ctx = LoadContext(spec=spec, toy_root=Path(toy_root), hf_home=hf_home,
-                      allow_download=allow_download)
+                      allow_download=allow_download, resources=Path(resources))
     model = LOADERS[parsed.scheme](parsed, ctx)
     return model.to(resolve_device(device))

@@ -76,7 +76,7 @@ def test_hub_cache_dir_reads_hf_home(tmp_path):
 
 
 def test_registry_is_one_dict_of_loaders():
-    assert set(registry.LOADERS) == {"open_clip", "hf", "toy"}
+    assert set(registry.LOADERS) == {"open_clip", "hf", "toy", "laclip"}
     assert registry.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
