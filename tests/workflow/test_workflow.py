@@ -69,8 +69,11 @@ def test_paper_config_plans_offline_in_seconds(tmp_path):
     # study 002: 4 SAEs on each of CIFAR-10 and Food-101 (train), scored on their test splits
     assert stats["sae_train"] == 8 and stats["sae_evaluate"] == 8, stats
     assert stats["sae_interpret"] == 8 and stats["sae_report"] == 1, stats
-    # study 004: two ViT-B/32 CLIPs on the eight published downstream tasks
+    # study 004: LaCLIP's CLIP and LaCLIP (hand-placed, each checked once) on the eight
+    # published downstream tasks; LaCLIP's projections fine-tuned on CC3M, 5 Cs x 3 seeds
     assert stats["purity_weights"] == 2 and stats["purity_eval"] == 16, stats
+    assert stats["check_laclip_checkpoint"] == 2 and stats["purity_finetune"] == 15, stats
+    assert "models/laclip/cc3m_laclip.ready" in text and "datasets/cc3m/.ready" in text
     assert "cache/hf--openai--clip-vit-base-patch32/food101/train/embeddings.h5" in text
     assert elapsed < 60, elapsed
 
