@@ -195,7 +195,9 @@ def row_space_projector(P: np.ndarray, rtol: float | None = None) -> tuple[np.nd
 def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5,
                     reconstruction: str = "published") -> PCExplanation:
     """PC-based explanation of one head (``svd_data_approx``): centre ``C`` [N, D] and ``R``
-    [M, D], SVD ``X = C - mean = U S V^T``, keep the smallest r with
+    [M, D], SVD ``X = C - mean = U S V^T`` (each row of V signed so that its largest-magnitude
+    entry is positive, sklearn's ``svd_flip``: which texts top a component depends on its
+    sign, which LAPACK leaves arbitrary), keep the smallest r with
     ``cumsum(s)[r-1] >= mass * sum(s)``; label component i by the ``k`` texts with the largest
     and smallest ``(R - mean R) v_i``.
 
@@ -203,6 +205,8 @@ def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5
     span of the rows of ``P = (R - mean R)[top-1 of each component] V_r^T`` [r, r]
     (:func:`row_space_projector`); ``"truncation"``: ``mean + X V_r^T V_r``, the rank-r PCA
     truncation.  They agree when the r top-1 texts are distinct and independent."""
+    from sklearn.utils.extmath import svd_flip
+
     if reconstruction not in RECONSTRUCTIONS:
         raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got "
                          f"{reconstruction!r}")
@@ -211,6 +215,7 @@ def pc_explanations(C: np.ndarray, R: np.ndarray, mass: float = 0.99, k: int = 5
     mean = C.mean(0)
     X = C - mean
     U, s, vt = np.linalg.svd(X, full_matrices=False)
+    U, vt = svd_flip(U, vt, u_based_decision=False)  # signs fixed, not left to the LAPACK build
     if s.sum() <= 0:
         r = 0
     else:
