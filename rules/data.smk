@@ -126,6 +126,5 @@ rule check_laclip_checkpoint:
         runtime=20,
     params:
         spec="laclip:{name}",
-        resources=RES,
     script:
         "../workflow_scripts/data/check_laclip_checkpoint.py"

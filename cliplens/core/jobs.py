@@ -85,14 +85,15 @@ def run_check_manual(*, name: str, root: str) -> Path:
     return marker
 
 
-def run_check_checkpoint(*, spec: str, resources: str, out: str) -> dict[str, Any]:
-    """Check a checkpoint placed by hand (``laclip:NAME``: ``{resources}/models/laclip/NAME.pt``):
-    a missing file raises the loader's where-to-get-it-and-where-to-put-it message; a present
-    one must load strictly into its model.  Writes ``out`` (JSON: spec, file SHA-256, sizes)."""
+def run_check_checkpoint(*, spec: str, load: Mapping[str, Any], out: str) -> dict[str, Any]:
+    """Check a checkpoint placed by hand (``laclip:NAME``: ``{resources}/models/laclip/NAME.pt``,
+    ``resources`` from ``load``): a missing file raises the loader's where-to-get-it and
+    where-to-put-it message; a present one must load strictly into its model (on the CPU).
+    Writes ``out`` (JSON: spec, file SHA-256, sizes)."""
     from .io import write_json_atomic
     from .models.registry import load_model
 
-    model = load_model(spec, resources=resources, device="cpu")
+    model = load_model(spec, **{**load, "device": "cpu"})
     prov = model.provenance()
     result = {"spec": spec, "weights_sha256": prov.get("weights_sha256"),
               "file": prov.get("laclip_file"), "embed_dim": model.embed_dim,

@@ -1,6 +1,8 @@
 """The workflow itself: plans offline, and the tiny config runs end to end."""
 
 import csv
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -373,3 +375,26 @@ def test_tiny_config_runs_end_to_end(tmp_path):
             assert "toy_model=clip-vit" in text and "toy_model=siglip2-32" not in text
         if name == "templates":
             assert "task=toy-colour" in text and "task=toy-shape" not in text
+
+
+@pytest.mark.workflow
+def test_a_hand_placed_checkpoint_is_checked_and_a_missing_one_says_where_to_put_it(tmp_path):
+    from tests.core.models.test_laclip import _RefLaCLIP, _save
+
+    target = "resources/models/laclip/tiny_laclip.ready"
+    out = snakemake(tmp_path, target, "--cores", "1", timeout=300)
+    assert out.returncode != 0
+    log = (tmp_path / "results/logs/check_laclip_checkpoint/tiny_laclip.log").read_text()
+    placed = tmp_path / "resources/models/laclip/tiny_laclip.pt"
+    assert f"place it at {placed.relative_to(tmp_path)}" in log and "LijieFan/LaCLIP" in log
+    assert not (tmp_path / target).exists()
+    _save(_RefLaCLIP(qk_norm=True).eval(), tmp_path / "resources")
+    out = snakemake(tmp_path, target, "--cores", "1", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    marker = json.loads((tmp_path / target).read_text())
+    assert marker["weights_sha256"] == hashlib.sha256(placed.read_bytes()).hexdigest()
+    # another file put in its place reruns the check (and what used the model)
+    time.sleep(1)
+    _save(_RefLaCLIP(qk_norm=False).eval(), tmp_path / "resources")
+    again = snakemake(tmp_path, target, "-n", "--cores", "1", timeout=300)
+    assert again.returncode == 0 and "check_laclip_checkpoint" in again.stdout + again.stderr

@@ -289,10 +289,12 @@ def test_the_check_job_names_where_to_put_a_missing_file_and_marks_a_placed_one(
 
     out = tmp_path / "models" / "laclip" / "tiny_laclip.ready"
     with pytest.raises(ModelUnavailableError, match="place it at .*tiny_laclip.pt"):
-        run_check_checkpoint(spec="laclip:tiny_laclip", resources=str(tmp_path), out=str(out))
+        run_check_checkpoint(spec="laclip:tiny_laclip", load={"resources": str(tmp_path)},
+                             out=str(out))
     assert not out.exists()
     path = _save(_RefLaCLIP(qk_norm=True), tmp_path)
-    got = run_check_checkpoint(spec="laclip:tiny_laclip", resources=str(tmp_path), out=str(out))
+    got = run_check_checkpoint(spec="laclip:tiny_laclip", load={"resources": str(tmp_path)},
+                               out=str(out))
     import hashlib
     import json
 
