@@ -20,13 +20,31 @@ import torch
 import torch.nn.functional as F
 
 
-def tfidf_rows(texts: Sequence[str]):
-    """TF-IDF rows of ``texts`` (sparse [N, V], unit L2 norm) as the published script builds
-    them: English stop words out, words and word pairs, at most 5,000 terms."""
+def tfidf_vectorizer():
+    """sklearn's ``TfidfVectorizer`` as the published script sets it: English stop words out,
+    words and word pairs, at most 5,000 terms, unit L2 rows."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(stop_words="english", ngram_range=(1, 2),
-                           max_features=5000).fit_transform(list(texts))
+    return TfidfVectorizer(stop_words="english", ngram_range=(1, 2), max_features=5000)
+
+
+def tfidf_rows(texts: Sequence[str]):
+    """TF-IDF rows of ``texts`` (sparse [N, V], unit L2 norm), fitted on ``texts``."""
+    return tfidf_vectorizer().fit_transform(list(texts))
+
+
+def partner_cosine(old: np.ndarray, new: np.ndarray, texts: Sequence[str]) -> float:
+    """Mean TF-IDF cosine between each moved row's caption before and after misalignment
+    (``old``, ``new`` [N] index the distinct ``texts``; the vectoriser fitted on the N rows'
+    captions, as :func:`misalign` does): how similar the swapped partners are.  NaN when no
+    row moved."""
+    old, new = np.asarray(old), np.asarray(new)
+    moved = old != new
+    if not moved.any():
+        return float("nan")
+    vec = tfidf_vectorizer().fit([texts[i] for i in old])
+    t = vec.transform(list(texts))
+    return float(np.asarray(t[old[moved]].multiply(t[new[moved]]).sum(axis=1)).mean())
 
 
 def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, seed: int,

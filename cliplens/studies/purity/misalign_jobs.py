@@ -127,7 +127,7 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     from ...core.text.zeroshot import argmax_accuracy, task_classifier
     from ...core.train import fingerprint
     from .metrics import purity_metrics
-    from .misalign import finetune_projections, misalign
+    from .misalign import finetune_projections, misalign, partner_cosine
 
     neighbours = dict(neighbours or {"search": "exact", "probes": 16})
     f = np.load(features)
@@ -136,6 +136,7 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     index, changed = misalign(f["caption_index"], list(f["texts"]), fraction, seed,
                               search=str(neighbours["search"]), probes=int(neighbours["probes"]),
                               progress=progress)
+    cos = partner_cosine(f["caption_index"], index, list(f["texts"]))
     out = Path(out_json)
     ckpt = out.with_suffix(".ckpt") / "last.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +161,7 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
                                          np.asarray(ds.labels))
     result = {"model": spec, "fraction": fraction, "seed": seed, "init": init,
               "neighbours": dict(neighbours), "captions_changed": int(len(changed)),
+              "partner_cosine": None if np.isnan(cos) else cos,
               "images": int(len(index)),
               "steps": loop.step, "final_loss": float(np.mean(loop.losses[-20:])),
               "image": purity_metrics(p_i.T, include_diagonal),
@@ -181,7 +183,8 @@ def run_purity_misalign_table(*, results: Sequence[str], out_csv: str, out_png: 
     for p in results:
         r = json.loads(Path(p).read_text())
         rows.append({"model": r["model"], "fraction": r["fraction"], "seed": r["seed"],
-                     "init": r["init"], "image_mean_abs": r["image"]["mean_abs"],
+                     "init": r["init"], "partner_cosine": r.get("partner_cosine"),
+                     "image_mean_abs": r["image"]["mean_abs"],
                      "text_mean_abs": r["text"]["mean_abs"],
                      **{f"accuracy:{t}": a for t, a in r["accuracy"].items()}})
     table = pd.DataFrame(rows)

@@ -111,6 +111,13 @@ def test_misalignment_features_finetune_and_table(tiny_world, purity_run):
                                 train={"steps": 10, "batch_size": 16, "lr": 1e-2,
                                        "checkpoint_every": 5}, **kw)
     assert 0 < moved["captions_changed"] <= 50 and moved["steps"] == 10
+    assert still["partner_cosine"] is None and 0 < moved["partner_cosine"] <= 1
+    assert moved["neighbours"] == {"search": "exact", "probes": 16}
+    by_index = run_purity_finetune(fraction=0.5, out_json=str(out / "cs05-ivf.json"),
+                                   neighbours={"search": "ivf", "probes": 4},
+                                   train={"steps": 1, "batch_size": 16, "lr": 1e-2,
+                                          "checkpoint_every": 0}, **kw)
+    assert by_index["neighbours"]["search"] == "ivf" and by_index["captions_changed"] > 0
     assert moved["text"]["mean_abs"] != pytest.approx(still["text"]["mean_abs"])
     t = run_purity_misalign_table(results=[str(out / "cs0.json"), str(out / "cs05.json")],
                                   out_csv=str(out / "m.csv"), out_png=str(out / "m.png"))

@@ -65,3 +65,22 @@ def test_misalign_with_the_index_pairs_similar_captions():
     assert all(exact[r] % 2 == r % 2 for r in range(300))
     with pytest.raises(ValueError, match="unknown neighbour search 'annoy'"):
         misalign(idx, texts, 0.3, seed=0, search="annoy")
+
+
+def test_partner_cosine_is_zero_for_captions_sharing_no_word_and_nan_when_none_moved():
+    from cliplens.studies.purity.misalign import partner_cosine
+
+    texts = ["red circle", "blue star", "red circle left", "red circle right"]
+    old = np.array([0, 1, 2, 3])
+    assert partner_cosine(old, np.array([1, 0, 2, 3]), texts) == 0.0
+    near = partner_cosine(old, np.array([0, 1, 3, 2]), texts)
+    assert 0.3 < near < 1.0
+    assert np.isnan(partner_cosine(old, old, texts))
+    # misalignment by neighbours pairs captions closer than a random swap does
+    many = [f"a {c} {s} tag{i:03d}" for i, (c, s) in
+            enumerate(zip(np.resize(["red", "blue", "green"], 300),
+                          np.resize(["circle", "star", "square", "heart"], 300)))]
+    idx = np.arange(300)
+    new, _ = misalign(idx, many, 0.5, seed=0)
+    shuffled = np.random.default_rng(0).permutation(300)
+    assert partner_cosine(idx, new, many) > partner_cosine(idx, shuffled, many) + 0.1
