@@ -142,7 +142,7 @@ rule purity_finetune:
         fraction=lambda w: float(w.cs),
         seed=lambda w: int(w.seed),
         init=MIS.init,
-        neighbours=MIS.neighbours.to_dict(),
+        neighbours=MIS.neighbours.applied(),
         train=MIS.train.to_dict(),
         tasks=list(PU.tasks),
         roots=data_roots,

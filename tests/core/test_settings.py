@@ -125,6 +125,14 @@ def test_cross_key_constraints_fail_when_the_config_is_read():
         st.load_settings(bad)
 
 
+def test_only_the_settings_a_neighbour_search_uses_reach_its_jobs():
+    s = st.load_settings(config("configs/test.yaml")).purity.misalign.neighbours
+    assert s.applied() == {"search": "exact"}
+    ivf = st.load_settings(deep_merge(config("configs/test.yaml"), {"purity": {"misalign": {
+        "neighbours": {"search": "ivf", "probes": 4}}}})).purity.misalign.neighbours
+    assert ivf.applied() == {"search": "ivf", "probes": 4}
+
+
 def test_replace_validates():
     t = st.ReconstructorTrain.from_dict({})
     assert t.replace(steps=7).steps == 7 and t.steps != 7

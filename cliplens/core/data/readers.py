@@ -392,10 +392,10 @@ def _need(split: str, allowed: Sequence[str], name: str) -> None:
         raise ValueError(f"{name} has splits {list(allowed)}, not {split!r}")
 
 
-#: dataset name -> the splits its loader accepts (checked when the workflow plans)
 #: the real datasets whose images carry captions (``ds.captions[i]``: a list of captions)
 CAPTIONED = ("coco2017", "cc3m")
 
+#: dataset name -> the splits its loader accepts (checked when the workflow plans)
 SPLITS: dict[str, tuple[str, ...]] = {
     "cifar10": ("train", "test"), "cifar100": ("train", "test"),
     "food101": ("train", "test"), "stl10": ("train", "test", "unlabeled", "train+unlabeled"),

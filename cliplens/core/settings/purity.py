@@ -31,6 +31,11 @@ class MisalignNeighbours(Section):
     search: str
     probes: int
 
+    def applied(self) -> dict:
+        """The settings the search uses (``probes`` only for ``ivf``): a rule's params, so
+        changing ``probes`` does not rerun exact searches."""
+        return self.to_dict() if self.search == "ivf" else {"search": self.search}
+
 
 @dataclass(frozen=True)
 class PurityMisalign(Section):

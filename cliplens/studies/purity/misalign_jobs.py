@@ -129,12 +129,13 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     from .metrics import purity_metrics
     from .misalign import finetune_projections, misalign, partner_cosine
 
-    neighbours = dict(neighbours or {"search": "exact", "probes": 16})
+    neighbours = dict(neighbours or {"search": "exact"})
     f = np.load(features)
     if str(f["model"]) != spec:
         raise ValueError(f"{features} holds the features of {str(f['model'])!r}, not {spec!r}")
     index, changed = misalign(f["caption_index"], list(f["texts"]), fraction, seed,
-                              search=str(neighbours["search"]), probes=int(neighbours["probes"]),
+                              search=str(neighbours["search"]),
+                              probes=int(neighbours.get("probes", 16)),
                               progress=progress)
     cos = partner_cosine(f["caption_index"], index, list(f["texts"]))
     out = Path(out_json)

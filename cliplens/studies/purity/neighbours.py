@@ -5,10 +5,11 @@ Two searches, both by cosine similarity of unit rows (``X`` sparse [N, V], unit 
 cos(i, j) = X_i · X_j):
 
 * :func:`exact_neighbours` -- sklearn's brute-force ``NearestNeighbors``: each query against
-  all N rows, O(N²) time (about N^1.7 measured up to 100,000 toy captions).
+  all N rows, O(N²) time.
 * :func:`ivf_neighbours` -- an inverted-file index: the rows are clustered with sklearn's
   ``MiniBatchKMeans`` into C ≈ √N cells; the rows of cell c are compared only with the rows of
-  the ``probes`` cells whose centres are nearest c's centre, O(N · probes · N/C) time.  It is
+  the ``probes`` cells whose centres are nearest c's centre, O(N · probes · N/C) time when the
+  cells are of similar sizes (the largest is logged; one huge cell brings back N²).  It is
   approximate: :func:`recall_at` measures how many of the exact top-k it finds.
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the most similarities held at once by one block of :func:`ivf_neighbours` (float32: 128 MiB)
+#: the most similarities held at once by one block of :func:`ivf_neighbours` (float64: 256 MiB;
+#: the block's sort and top-k indices take a few times that, about 1 GiB in all)
 BLOCK_ENTRIES = 32 * 2 ** 20
 
 
@@ -48,11 +50,14 @@ def ivf_neighbours(rows, m: int, *, probes: int = 8, clusters: int | None = None
     other rows.  Cells: ``MiniBatchKMeans`` with ``clusters`` centres (default round(√N)),
     fitted on at most 100 rows per centre (``seed``), every row assigned to its nearest centre.
     The rows of cell c are queried, ``BLOCK_ENTRIES`` similarities at a time, against the rows
-    of the ``probes`` cells whose unit centres have the largest cosine with c's (c first).
+    of the ``probes`` cells whose unit centres have the largest cosine with c's (c itself
+    first, always).
     ``probes`` >= the number of cells makes it exact."""
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.preprocessing import normalize
     from tqdm.auto import tqdm
+
+    import logging
 
     n = rows.shape[0]
     if probes < 1 or m < 1:
@@ -64,10 +69,16 @@ def ivf_neighbours(rows, m: int, *, probes: int = 8, clusters: int | None = None
     km = MiniBatchKMeans(n_clusters=c, random_state=seed, batch_size=4096, n_init=1).fit(fit_rows)
     cell = km.predict(rows)
     centres = normalize(km.cluster_centers_)
-    near_cells = _top(centres @ centres.T, min(probes, c))
+    between = centres @ centres.T
+    np.fill_diagonal(between, np.inf)  # each cell probes itself first, even beside a twin centre
+    near_cells = _top(between, min(probes, c))
     order = np.argsort(cell, kind="stable")
     bounds = np.searchsorted(cell[order], np.arange(c + 1))
     members = [order[bounds[i]:bounds[i + 1]] for i in range(c)]
+    sizes = np.diff(bounds)
+    logging.getLogger("cliplens").info(
+        "TF-IDF index: %d rows in %d cells (largest %d, mean %.0f), %d probed per cell", n, c,
+        sizes.max(), n / c, min(probes, c))
     out = np.full((n, m), -1, dtype=np.int32)
     for i in tqdm(range(c), desc="TF-IDF neighbours (IVF)", disable=not progress):
         queries = members[i]

@@ -209,3 +209,18 @@ def test_pc_reconstruction_as_published_when_a_text_tops_two_components():
     np.testing.assert_allclose(trunc.reconstruction, X + mean, atol=1e-10)
     with pytest.raises(ValueError, match="reconstruction"):
         ts.pc_explanations(X, R, reconstruction="pca")
+
+
+def test_pc_components_carry_a_fixed_sign():
+    """Which texts top a component depends on its sign; LAPACK leaves it arbitrary, so each
+    component is signed with its largest-magnitude entry positive: negating the head's data
+    gives the same components and the same labels."""
+    rng = np.random.default_rng(3)
+    C = rng.normal(size=(50, 6)) * [5, 4, 3, 2, 1, 0.5]
+    R = rng.normal(size=(30, 6))
+    pc = ts.pc_explanations(C, R, mass=0.9, k=2)
+    V = pc.components
+    assert (V[np.arange(len(V)), np.abs(V).argmax(1)] > 0).all()
+    neg = ts.pc_explanations(-C, R, mass=0.9, k=2)
+    np.testing.assert_allclose(neg.components, V, atol=1e-10)
+    assert (neg.top == pc.top).all()

@@ -84,3 +84,16 @@ def test_partner_cosine_is_zero_for_captions_sharing_no_word_and_nan_when_none_m
     new, _ = misalign(idx, many, 0.5, seed=0)
     shuffled = np.random.default_rng(0).permutation(300)
     assert partner_cosine(idx, new, many) > partner_cosine(idx, shuffled, many) + 0.1
+
+
+def test_every_cell_probes_itself_even_beside_a_twin_centre():
+    from cliplens.studies.purity.misalign import tfidf_rows
+
+    # two captions, 50 rows each, in six cells: centres have twins (equal cosine 1)
+    rows = tfidf_rows(["red circle"] * 50 + ["blue star"] * 50)
+    group = np.repeat([0, 1], 50)
+    for seed in range(3):
+        near = ivf_neighbours(rows, 5, clusters=6, probes=1, seed=seed)
+        found = near >= 0
+        assert found.all()  # every row finds 5 others: its own cell holds 49 or more
+        assert (group[near] == group[:, None]).all()
