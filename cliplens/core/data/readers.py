@@ -113,7 +113,22 @@ class TorchvisionDataset(ImageDataset):
         return {**super().describe(), "source": type(self.tv).__name__}
 
 
-class CocoCaptions(ImageDataset):
+class ImageFiles(ImageDataset):
+    """A dataset of image files listed in ``files`` (paths relative to ``image_dir``), read in
+    that order and converted to RGB."""
+
+    image_dir: Path
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> Image.Image:
+        with Image.open(self.image_dir / self.files[i]) as im:
+            return im.convert("RGB")
+
+
+class CocoCaptions(ImageFiles):
     """COCO 2017 images of one split with their captions (no class labels).
 
     Images are ordered by image id; ``captions[i]`` lists image ``i``'s captions (usually 5)
@@ -137,15 +152,8 @@ class CocoCaptions(ImageDataset):
         self.captions = [caps[d["id"]] for d in images]
         self.labels, self.classnames = None, None
 
-    def __len__(self) -> int:
-        return len(self.files)
 
-    def image(self, i: int) -> Image.Image:
-        with Image.open(self.image_dir / self.files[i]) as im:
-            return im.convert("RGB")
-
-
-class Cc3mCaptions(ImageDataset):
+class Cc3mCaptions(ImageFiles):
     """Conceptual Captions (CC3M) in LaCLIP's CSV layout: ``{root}/{split}.csv`` lists one image
     per row as ``image,caption``, the image path relative to ``root`` (read with :mod:`csv`, so
     a quoted caption may hold commas, quotes and line breaks; UTF-8, a byte-order mark is
@@ -175,10 +183,11 @@ class Cc3mCaptions(ImageDataset):
 
     def __init__(self, root: str | os.PathLike, split: str, name: str = "cc3m"):
         _need(split, self.SPLITS, name)
-        self.root, self.name, self.split = Path(root), name, split
-        self.csv = self.root / f"{split}.csv"
+        root = Path(root)
+        self.image_dir, self.name, self.split = root, name, split
+        self.csv = root / f"{split}.csv"
         if not self.csv.is_file():
-            present = sorted(p.name for p in self.root.glob("*.csv")) if self.root.is_dir() else []
+            present = sorted(p.name for p in root.glob("*.csv")) if root.is_dir() else []
             raise ValueError(f"{name}: {self.csv} does not exist (the {split} split's "
                              f"image,caption rows; CSV files present: {present or 'none'}); "
                              f"see the {name} entry of cliplens/core/data/catalog.yaml")
@@ -211,15 +220,8 @@ class Cc3mCaptions(ImageDataset):
             raise ValueError(f"{self.csv} lists no images (.jpg, .jpeg, .png or .webp rows)")
         self.labels, self.classnames = None, None
 
-    def __len__(self) -> int:
-        return len(self.files)
 
-    def image(self, i: int) -> Image.Image:
-        with Image.open(self.root / self.files[i]) as im:
-            return im.convert("RGB")
-
-
-class Waterbirds(ImageDataset):
+class Waterbirds(ImageFiles):
     """Waterbirds (``metadata.csv`` of the group_DRO tarball).
 
     ``labels`` = bird type (0 landbird, 1 waterbird), ``places`` = background (0 land, 1 water),
@@ -234,7 +236,7 @@ class Waterbirds(ImageDataset):
             raise ValueError(f"waterbirds has splits {sorted(self.SPLITS)}, not {split!r}")
         with open(folder / "metadata.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["split"]) == self.SPLITS[split]]
-        self.name, self.split, self.folder = name, split, folder
+        self.name, self.split, self.image_dir = name, split, folder
         self.files = [r["img_filename"] for r in rows]
         self.labels = np.asarray([int(r["y"]) for r in rows], dtype=np.int64)
         self.places = np.asarray([int(r["place"]) for r in rows], dtype=np.int64)
@@ -242,13 +244,6 @@ class Waterbirds(ImageDataset):
         self.classnames = ["landbird", "waterbird"]
         self.group_names = ["landbird on land", "landbird on water", "waterbird on land",
                             "waterbird on water"]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def image(self, i: int) -> Image.Image:
-        with Image.open(self.folder / self.files[i]) as im:
-            return im.convert("RGB")
 
 
 class ImageNetSegmentation(ImageDataset):
