@@ -33,24 +33,21 @@ def tfidf_rows(texts: Sequence[str]):
     return tfidf_vectorizer().fit_transform(list(texts))
 
 
-def partner_cosine(old: np.ndarray, new: np.ndarray, texts: Sequence[str]) -> float:
-    """Mean TF-IDF cosine between each moved row's caption before and after misalignment
-    (``old``, ``new`` [N] index the distinct ``texts``; the vectoriser fitted on the N rows'
-    captions, as :func:`misalign` does): how similar the swapped partners are.  NaN when no
-    row moved."""
-    old, new = np.asarray(old), np.asarray(new)
-    moved = old != new
-    if not moved.any():
+def pair_cosine(rows, a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of the unit rows ``rows[a[i]]`` and ``rows[b[i]]`` (sparse or dense [N, V];
+    ``a``, ``b`` [P]): how similar swapped partners are.  NaN for no pair."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if not len(a):
         return float("nan")
-    vec = tfidf_vectorizer().fit([texts[i] for i in old])
-    t = vec.transform(list(texts))
-    return float(np.asarray(t[old[moved]].multiply(t[new[moved]]).sum(axis=1)).mean())
+    prod = rows[a].multiply(rows[b]) if hasattr(rows, "multiply") else rows[a] * rows[b]
+    return float(np.asarray(prod.sum(axis=1)).mean())
 
 
 def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, seed: int,
              top_k: int = 10, block: int = 1024, search: str = "exact", probes: int = 16,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(new caption index [N], the rows whose caption moved): rows are visited in a random
+             progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """(new caption index [N], the rows whose caption moved, the swapped partners' mean
+    TF-IDF cosine (:func:`pair_cosine`; NaN when nothing moved)): rows are visited in a random
     order (``seed``); an unpaired row swaps captions with one of its ``top_k`` most
     TF-IDF-similar unpaired rows whose caption differs from its own, drawn at random, until
     ``fraction`` N rows are paired (each swap pairs two, and changes both captions).
@@ -73,6 +70,7 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     perm, used, paired = np.arange(n), np.zeros(n, dtype=bool), 0
+    cosine = float("nan")
     if target >= 2:
         rows = tfidf_rows([texts[i] for i in idx])
         m = min(n, top_k + 64)
@@ -98,8 +96,10 @@ def misalign(caption_index: np.ndarray, texts: Sequence[str], fraction: float, s
                 perm[s], perm[t] = perm[t], perm[s]
                 used[s] = used[t] = True
                 paired += 2
+        moved = np.flatnonzero(perm != np.arange(n))
+        cosine = pair_cosine(rows, moved, perm[moved])
     new = idx[perm]
-    return new, np.flatnonzero(new != idx)
+    return new, np.flatnonzero(new != idx), cosine
 
 
 def random_projection(d_in: int, d_out: int, seed: int) -> torch.Tensor:

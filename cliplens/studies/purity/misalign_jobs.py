@@ -122,27 +122,25 @@ def run_purity_finetune(*, spec: str, load: Mapping[str, Any], features: str, fr
     import torch
 
     from ...core.data.tasks import get_task
+    from ...core.io import sha256_file
     from ...core.models.registry import load_model
     from ...core.models.towers import text_projection
     from ...core.text.zeroshot import argmax_accuracy, task_classifier
     from ...core.train import fingerprint
     from .metrics import purity_metrics
-    from .misalign import finetune_projections, misalign, partner_cosine
+    from .misalign import finetune_projections, misalign
 
     neighbours = dict(neighbours or {"search": "exact"})
     f = np.load(features)
     if str(f["model"]) != spec:
         raise ValueError(f"{features} holds the features of {str(f['model'])!r}, not {spec!r}")
-    index, changed = misalign(f["caption_index"], list(f["texts"]), fraction, seed,
-                              search=str(neighbours["search"]),
-                              probes=int(neighbours.get("probes", 16)),
-                              progress=progress)
-    cos = partner_cosine(f["caption_index"], index, list(f["texts"]))
+    index, changed, cos = misalign(f["caption_index"], list(f["texts"]), fraction, seed,
+                                   search=str(neighbours["search"]),
+                                   probes=int(neighbours.get("probes", 16)),
+                                   progress=progress)
     out = Path(out_json)
     ckpt = out.with_suffix(".ckpt") / "last.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    from ...core.io import sha256_file
-
     fp = fingerprint({"model": spec, "fraction": fraction, "seed": seed, "init": init,
                       "train": dict(train), "neighbours": dict(neighbours),
                       "features": sha256_file(features)})

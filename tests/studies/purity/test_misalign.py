@@ -13,18 +13,18 @@ TEXTS = ["a red circle on the left", "a red circle on the right", "a blue star a
 def test_misalign_swaps_pairs_of_similar_captions_up_to_the_fraction():
     texts = TEXTS[:4]  # two pairs of captions that share words
     idx = np.tile(np.arange(4), 75)  # 300 captions, 75 of each
-    new, moved = misalign(idx, texts, 0.3, seed=0)
+    new, moved, _ = misalign(idx, texts, 0.3, seed=0)
     # 90 rows paired (45 swaps), each swap between two different captions
     assert len(moved) == 90 and (new != idx).sum() == 90
     assert (np.bincount(new, minlength=4) == np.bincount(idx, minlength=4)).all()
     # rows sharing words swap: every moved caption came from a caption with a common word
     words = [set(t.split()) - {"a", "on", "the", "at", "in"} for t in texts]
     assert all(words[new[r]] & words[idx[r]] for r in moved)
-    same, none = misalign(idx, texts, 0.0, seed=0)
+    same, none, _ = misalign(idx, texts, 0.0, seed=0)
     assert len(none) == 0 and (same == idx).all()
-    again, _ = misalign(idx, texts, 0.3, seed=0)
+    again, _, _ = misalign(idx, texts, 0.3, seed=0)
     assert (again == new).all()  # seeded
-    most, moved8 = misalign(idx, texts, 0.8, seed=1)
+    most, moved8, _ = misalign(idx, texts, 0.8, seed=1)
     assert len(moved8) > len(moved)
     with pytest.raises(ValueError, match="Cs = 1.5 is outside"):
         misalign(idx, texts, 1.5, seed=0)

@@ -57,33 +57,33 @@ def test_misalign_with_the_index_pairs_similar_captions():
     # 300 distinct captions in two groups that share no word across groups
     texts = [f"a {'red circle' if i % 2 else 'blue star'} tag{i:03d}" for i in range(300)]
     idx = np.arange(300)
-    new, moved = misalign(idx, texts, 0.3, seed=0, search="ivf", probes=2)
+    new, moved, _ = misalign(idx, texts, 0.3, seed=0, search="ivf", probes=2)
     assert len(moved) == 90
     assert sorted(new) == list(range(300))  # a permutation of the captions
     assert all(new[r] % 2 == idx[r] % 2 for r in moved)  # partners from the same group
-    exact, _ = misalign(idx, texts, 0.3, seed=0)
+    exact, _, _ = misalign(idx, texts, 0.3, seed=0)
     assert all(exact[r] % 2 == r % 2 for r in range(300))
     with pytest.raises(ValueError, match="unknown neighbour search 'annoy'"):
         misalign(idx, texts, 0.3, seed=0, search="annoy")
 
 
 def test_partner_cosine_is_zero_for_captions_sharing_no_word_and_nan_when_none_moved():
-    from cliplens.studies.purity.misalign import partner_cosine
+    from cliplens.studies.purity.misalign import pair_cosine, tfidf_rows
 
-    texts = ["red circle", "blue star", "red circle left", "red circle right"]
-    old = np.array([0, 1, 2, 3])
-    assert partner_cosine(old, np.array([1, 0, 2, 3]), texts) == 0.0
-    near = partner_cosine(old, np.array([0, 1, 3, 2]), texts)
+    rows = tfidf_rows(["red circle", "blue star", "red circle left", "red circle right"])
+    assert pair_cosine(rows, [0, 1], [1, 0]) == 0.0
+    near = pair_cosine(rows, [2, 3], [3, 2])
     assert 0.3 < near < 1.0
-    assert np.isnan(partner_cosine(old, old, texts))
+    assert np.isnan(pair_cosine(rows, [], []))
     # misalignment by neighbours pairs captions closer than a random swap does
     many = [f"a {c} {s} tag{i:03d}" for i, (c, s) in
             enumerate(zip(np.resize(["red", "blue", "green"], 300),
                           np.resize(["circle", "star", "square", "heart"], 300)))]
     idx = np.arange(300)
-    new, _ = misalign(idx, many, 0.5, seed=0)
+    new, _, cosine = misalign(idx, many, 0.5, seed=0)
     shuffled = np.random.default_rng(0).permutation(300)
-    assert partner_cosine(idx, new, many) > partner_cosine(idx, shuffled, many) + 0.1
+    assert cosine > pair_cosine(tfidf_rows(many), idx, shuffled) + 0.1
+    assert np.isnan(misalign(idx, many, 0.0, seed=0)[2])
 
 
 def test_every_cell_probes_itself_even_beside_a_twin_centre():
