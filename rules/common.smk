@@ -46,7 +46,7 @@ def model_inputs(slug):
 def existing(path):
     """``[path]`` when the file exists, else ``[]``: a hand-placed input that a check rule
     asks for by name when it is missing."""
-    return [path] if os.path.exists(path) else []
+    return [str(path)] if os.path.exists(path) else []
 
 
 # dataset_inputs(name, split=None): what a job must wait for before opening dataset ``name``

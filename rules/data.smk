@@ -6,8 +6,10 @@
 #   {RES}/downloads/{file}                      one verified, resumable download per archive
 #   {RES}/datasets/{dataset}/.extracted/{file}  one extraction per archive (marker written last)
 #   {RES}/datasets/{dataset}/.ready             the dataset is complete (marker written last)
+#   {RES}/models/laclip/{name}.ready            a hand-placed LaCLIP checkpoint loads (its SHA-256)
 from cliplens.core.data.catalog import catalog_files, load_catalog
 from cliplens.core.data.registry import wildcard_alternatives
+from cliplens.core.models.registry import laclip_path
 
 DATA_CATALOG = load_catalog()["datasets"]
 DATA_FILES = catalog_files()
@@ -113,7 +115,7 @@ rule check_manual_dataset:
 # put it, and checks that a placed one loads; replacing the file reruns what used it.
 rule check_laclip_checkpoint:
     input:
-        lambda w: existing(f"{RES}/models/laclip/{w.name}.pt"),
+        lambda w: existing(laclip_path(RES, w.name)),
     output:
         f"{RES}/models/laclip/{{name}}.ready",
     log:

@@ -374,10 +374,15 @@ def _load_toy(spec: ModelSpec, ctx: LoadContext) -> ClipModel:
 LACLIP_URL = "https://github.com/LijieFan/LaCLIP"
 
 
+def laclip_path(resources: str | Path, name: str) -> Path:
+    """Where the checkpoint of ``laclip:NAME`` is placed: ``{resources}/models/laclip/NAME.pt``."""
+    return Path(resources) / "models" / "laclip" / f"{name}.pt"
+
+
 def _load_laclip(spec: ModelSpec, ctx: LoadContext) -> ClipModel:
     from .laclip import load_laclip
 
-    path = ctx.resources / "models" / "laclip" / f"{spec.name}.pt"
+    path = laclip_path(ctx.resources, spec.name)
     if not path.is_file():
         raise ModelUnavailableError(
             f"model {ctx.spec!r} is not available: {path} does not exist. LaCLIP checkpoints "
